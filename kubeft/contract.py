@@ -1,0 +1,87 @@
+"""Names shared by the operator, the trainer, the dev stack and the tests.
+
+One place for every label, resource name, environment variable and file path
+that crosses a process boundary. The operator renders the trainer pod from these;
+the trainer reads them; docs/trainer-contract.md describes them for humans.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- the API -----------------------------------------------------------------
+GROUP: Final = "kubeft.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "FineTuneJob"
+PLURAL: Final = "finetunejobs"
+SINGULAR: Final = "finetunejob"
+SHORT_NAME: Final = "ftj"
+
+# --- GPU node facts (NVIDIA GPU Feature Discovery labels, device plugin resource)
+LABEL_GPU_PRODUCT: Final = "nvidia.com/gpu.product"
+LABEL_GPU_MEMORY: Final = "nvidia.com/gpu.memory"  # MiB per GPU
+LABEL_GPU_COUNT: Final = "nvidia.com/gpu.count"
+LABEL_GPU_PRESENT: Final = "nvidia.com/gpu.present"
+RESOURCE_GPU: Final = "nvidia.com/gpu"
+GPU_TAINT_KEY: Final = "nvidia.com/gpu"
+GPU_TAINT_VALUE: Final = "present"
+GPU_TAINT_EFFECT: Final = "NoSchedule"
+
+# --- labels and annotations on objects kubeft creates --------------------------
+LABEL_JOB: Final = "kubeft.io/job"  # value: the FineTuneJob's name
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+COMPONENT_TRAINER: Final = "trainer"
+COMPONENT_OPERATOR: Final = "operator"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "kubeft"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+
+# --- the trainer pod -----------------------------------------------------------
+TRAINER_CONTAINER: Final = "trainer"
+TRAINER_CONFIG_DIR: Final = "/etc/kubeft"
+TRAINER_CONFIG_FILE: Final = "job.json"  # key in the job's ConfigMap, file in TRAINER_CONFIG_DIR
+METRICS_PORT: Final = 9400
+METRICS_PORT_NAME: Final = "metrics"
+TERMINATION_LOG: Final = "/dev/termination-log"
+
+# Environment variables the operator sets on the trainer container.
+ENV_JOB_CONFIG: Final = "KUBEFT_JOB_CONFIG"  # path to job.json
+ENV_JOB_NAME: Final = "KUBEFT_JOB_NAME"
+ENV_JOB_NAMESPACE: Final = "KUBEFT_JOB_NAMESPACE"
+ENV_METRICS_PORT: Final = "KUBEFT_METRICS_PORT"
+ENV_TERMINATION_LOG: Final = "KUBEFT_TERMINATION_LOG"  # override of TERMINATION_LOG (local runs)
+ENV_WORKDIR: Final = "KUBEFT_WORKDIR"  # scratch space for downloads and checkpoints
+ENV_S3_ACCESS_KEY: Final = "AWS_ACCESS_KEY_ID"
+ENV_S3_SECRET_KEY: Final = "AWS_SECRET_ACCESS_KEY"
+ENV_HF_TOKEN: Final = "HF_TOKEN"
+
+# Keys the storage credentials Secret (spec.storage.credentialsSecret) must hold.
+SECRET_ACCESS_KEY: Final = "accessKey"
+SECRET_SECRET_KEY: Final = "secretKey"
+SECRET_HF_TOKEN: Final = "hfToken"  # optional
+
+# Trainer exit codes: the operator retries a failed pod up to spec.backoffLimit,
+# except for EXIT_INVALID_INPUT (bad dataset, unreadable model...): retrying cannot help.
+EXIT_OK: Final = 0
+EXIT_INVALID_INPUT: Final = 2
+
+# The trainer config document (job.json) that the operator writes and the trainer reads.
+TRAINER_CONFIG_API_VERSION: Final = API_VERSION
+TRAINER_CONFIG_KIND: Final = "TrainerConfig"
+
+# Storage layout under s3://<spec.storage.bucket>/
+def job_prefix(namespace: str, name: str) -> str:
+    """Object prefix (no bucket, no trailing slash) that holds everything of one job."""
+    return f"{namespace}/{name}"
+
+
+def checkpoint_prefix(namespace: str, name: str, step: int) -> str:
+    return f"{job_prefix(namespace, name)}/checkpoints/step-{step}"
+
+
+def artifacts_prefix(namespace: str, name: str) -> str:
+    return f"{job_prefix(namespace, name)}/artifacts"
+
+
+CHECKPOINT_MANIFEST: Final = "manifest.json"  # written last: marks a checkpoint complete

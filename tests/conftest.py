@@ -1,0 +1,103 @@
+"""Fixtures shared by every test layer.
+
+The local stack (real etcd, kube-apiserver, kube-scheduler, kube-controller-manager,
+kwok GPU nodes, MinIO, Prometheus) is brought up once per pytest session, on first
+use, by the same code as `kubeft dev up`. A stack that is already running (from
+`kubeft dev up`) is reused and left running; one the session started is stopped at
+the end unless KUBEFT_KEEP_STACK=1.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from kubeft.dev.stack import StackInfo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[StackInfo]:
+    """The running local stack; started here if it is not up yet."""
+    from kubeft.dev import stack as devstack
+
+    was_running = devstack.is_running()
+    info = devstack.up()
+    print(f"\nlocal stack: {devstack.versions_line()}")
+    yield info
+    if not was_running and os.environ.get("KUBEFT_KEEP_STACK") != "1":
+        devstack.down()
+
+
+@pytest.fixture(scope="session")
+def api_client(stack: StackInfo) -> Any:
+    """A kubernetes.client.ApiClient with cluster-admin rights on the local stack."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(stack.kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@pytest.fixture(scope="session")
+def core_v1(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="session")
+def custom_objects(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture(scope="session")
+def kubeft_crds(stack: StackInfo, api_client: Any) -> list[str]:
+    """Applies every CRD under crds/ to the stack and waits until each is Established."""
+    from kubeft.dev.kube import apply_crds
+
+    return apply_crds(api_client, sorted((REPO / "crds").glob("*.yaml")))
+
+
+@pytest.fixture()
+def namespace(core_v1: Any) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (with everything in it)."""
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core_v1.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def minio_client(stack: StackInfo) -> Any:
+    """A minio.Minio client for the stack's MinIO server (root credentials)."""
+    from minio import Minio
+
+    return stack.minio_client()
+
+
+@pytest.fixture()
+def bucket(minio_client: Any) -> Iterator[str]:
+    """A fresh, empty bucket per test, removed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    minio_client.make_bucket(name)
+    yield name
+    for obj in minio_client.list_objects(name, recursive=True):
+        minio_client.remove_object(name, obj.object_name)
+    minio_client.remove_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(stack: StackInfo) -> str:
+    return stack.prometheus_url
