@@ -70,6 +70,7 @@ EXIT_INVALID_INPUT: Final = 2
 TRAINER_CONFIG_API_VERSION: Final = API_VERSION
 TRAINER_CONFIG_KIND: Final = "TrainerConfig"
 
+
 # Storage layout under s3://<spec.storage.bucket>/
 def job_prefix(namespace: str, name: str) -> str:
     """Object prefix (no bucket, no trailing slash) that holds everything of one job."""

@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The versions of the real components the stack tests run against, at the top of every run."""
+    from kubeft.dev import stack as devstack
+
+    try:
+        return [f"local stack: {devstack.versions_line()}"]
+    except Exception as exc:  # a header must never break collection
+        return [f"local stack: versions unknown ({exc})"]
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[StackInfo]:
     """The running local stack; started here if it is not up yet."""
@@ -30,7 +40,6 @@ def stack() -> Iterator[StackInfo]:
 
     was_running = devstack.is_running()
     info = devstack.up()
-    print(f"\nlocal stack: {devstack.versions_line()}")
     yield info
     if not was_running and os.environ.get("KUBEFT_KEEP_STACK") != "1":
         devstack.down()
@@ -69,12 +78,15 @@ def kubeft_crds(stack: StackInfo, api_client: Any) -> list[str]:
 
 
 @pytest.fixture()
-def namespace(core_v1: Any) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards (with everything in it)."""
+def namespace(api_client: Any, core_v1: Any) -> Iterator[str]:
+    """A fresh namespace per test (ready for pods), deleted afterwards with everything in it."""
     from kubernetes import client
+
+    from kubeft.dev.kube import wait_for_service_account
 
     name = f"t-{uuid.uuid4().hex[:10]}"
     core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for_service_account(api_client, name)
     yield name
     core_v1.delete_namespace(name, propagation_policy="Background")
 
@@ -82,8 +94,6 @@ def namespace(core_v1: Any) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def minio_client(stack: StackInfo) -> Any:
     """A minio.Minio client for the stack's MinIO server (root credentials)."""
-    from minio import Minio
-
     return stack.minio_client()
 
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Python environment for the demo, the tests and CI: a venv keyed by requirements.lock,
+# cached under ~/.cache/kubeft/venv/, so warm runs install nothing but the project itself.
+# Prints the venv's path on stdout; progress goes to stderr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${KUBEFT_CACHE:-$HOME/.cache/kubeft}"
+PY="${PYTHON:-python3}"
+key="$( { cat requirements.lock; "$PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-12)"
+VENV="$CACHE/venv/$key"
+
+if [[ ! -x "$VENV/bin/python" || ! -f "$VENV/.complete" ]]; then
+  echo "[bootstrap] creating $VENV (first run downloads torch and friends: several GB)" >&2
+  rm -rf "$VENV"
+  mkdir -p "$CACHE/venv"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >&2
+  "$VENV/bin/pip" install -q -r requirements.lock >&2
+  touch "$VENV/.complete"
+fi
+# the project itself, editable, pointing at this checkout (cheap; no dependencies)
+"$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . >&2
+echo "$VENV"

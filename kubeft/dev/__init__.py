@@ -1,0 +1,1 @@
+"""Developer tooling: the local stack (`kubeft dev`), used by the demo and the tests."""

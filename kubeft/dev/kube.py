@@ -1,0 +1,61 @@
+"""Small Kubernetes helpers for the dev stack, the demo and the tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def wait_for_service_account(api: Any, namespace: str, name: str = "default", timeout: float = 60.0) -> None:
+    """Waits until the controller manager has created a namespace's ServiceAccount."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(api)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_service_account(name, namespace)
+            return
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def apply_crds(api: Any, paths: Iterable[Path], timeout: float = 60.0) -> list[str]:
+    """Creates or replaces each CRD in `paths` and waits until the API server serves it."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    ext = client.ApiextensionsV1Api(api)
+    names: list[str] = []
+    for path in paths:
+        for doc in yaml.safe_load_all(Path(path).read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            name = doc["metadata"]["name"]
+            try:
+                ext.create_custom_resource_definition(doc)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                current = ext.read_custom_resource_definition(name)
+                doc["metadata"]["resourceVersion"] = current.metadata.resource_version
+                ext.replace_custom_resource_definition(name, doc)
+            names.append(name)
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            crd = ext.read_custom_resource_definition(name)
+            conds = {c.type: c.status for c in (crd.status.conditions or [])}
+            if conds.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s: {conds}")
+            time.sleep(0.2)
+    return names

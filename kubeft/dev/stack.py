@@ -1,0 +1,702 @@
+"""The local stack: a real Kubernetes control plane with simulated GPU nodes, MinIO and Prometheus.
+
+Everything runs as local processes on loopback, from binaries built from their Go
+modules (hack/build-binaries.sh, cached by version under ~/.cache/kubeft/bin) and
+Debian's prometheus package:
+
+    etcd → kube-apiserver → kube-controller-manager, kube-scheduler → kwok (GPU nodes)
+    MinIO (S3)   Prometheus (scrapes file_sd targets under <state>/prometheus/targets)
+
+`up()` is idempotent: a healthy running stack is left alone. `down()` stops every
+process and removes the state directory, so the next `up()` starts from nothing.
+Why we orchestrate the processes ourselves instead of through kwokctl: see
+docs/local-stack.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubeft import contract
+from kubeft.dev import nodes as gpu_nodes
+
+log = logging.getLogger("kubeft.dev")
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("KUBEFT_CACHE", Path.home() / ".cache" / "kubeft"))
+BIN = CACHE / "bin"
+STATE = Path(os.environ.get("KUBEFT_STACK_DIR", CACHE / "stack"))
+KWOK_STAGES = Path(__file__).resolve().parent / "kwok"
+
+HOST = "127.0.0.1"
+PORTS = {
+    "etcd": 12379,
+    "etcd-peer": 12380,
+    "kube-apiserver": 16443,
+    "kube-controller-manager": 16457,
+    "kube-scheduler": 16459,
+    "kwok": 16460,
+    "minio": 19000,
+    "minio-console": 19001,
+    "prometheus": 19090,
+}
+SERVICE_CIDR = "10.96.0.0/16"
+MINIO_ACCESS_KEY = "kubeft"
+MINIO_SECRET_KEY = "kubeft-local-secret"  # loopback-only dev stack; not a product credential
+SCRAPE_INTERVAL = "2s"
+
+# Start order; down() stops in reverse.
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "minio",
+    "prometheus",
+)
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up; the message says which component and where its log is."""
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """Where the running stack's pieces are; what tests and the demo need to reach them."""
+
+    state_dir: Path
+    kubeconfig: Path
+    env_file: Path
+    minio_endpoint: str
+    minio_access_key: str
+    minio_secret_key: str
+    prometheus_url: str
+    prometheus_targets_dir: Path
+    bin_dir: Path
+
+    def minio_client(self) -> Any:
+        """A `minio.Minio` client with the stack's root credentials."""
+        from minio import Minio
+
+        return Minio(
+            self.minio_endpoint.split("://", 1)[1],
+            access_key=self.minio_access_key,
+            secret_key=self.minio_secret_key,
+            secure=False,
+        )
+
+    def add_scrape_target(self, name: str, address: str, labels: dict[str, str] | None = None) -> Path:
+        """Makes Prometheus scrape `address` (host:port, path /metrics) from now on, as job `name`.
+
+        Prometheus picks the file up within a few seconds (file_sd refresh).
+        """
+        path = self.prometheus_targets_dir / f"{name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([{"targets": [address], "labels": {"job": name, **(labels or {})}}]))
+        tmp.rename(path)
+        return path
+
+    def remove_scrape_target(self, name: str) -> None:
+        (self.prometheus_targets_dir / f"{name}.json").unlink(missing_ok=True)
+
+
+def info() -> StackInfo:
+    return StackInfo(
+        state_dir=STATE,
+        kubeconfig=STATE / "kubeconfig",
+        env_file=STATE / "env",
+        minio_endpoint=f"http://{HOST}:{PORTS['minio']}",
+        minio_access_key=MINIO_ACCESS_KEY,
+        minio_secret_key=MINIO_SECRET_KEY,
+        prometheus_url=f"http://{HOST}:{PORTS['prometheus']}",
+        prometheus_targets_dir=STATE / "prometheus" / "targets",
+        bin_dir=BIN,
+    )
+
+
+# --- processes ---------------------------------------------------------------
+
+
+def _pidfile(name: str) -> Path:
+    return STATE / "pids" / f"{name}.pid"
+
+
+def _pid(name: str) -> int | None:
+    try:
+        pid = int(_pidfile(name).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    # a zombie child of this process still answers kill(0); reap it
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None
+    except ChildProcessError:
+        pass
+    return pid
+
+
+def _start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    logfile = STATE / "logs" / f"{name}.log"
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=STATE,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # outlives `kubeft dev up`; a Ctrl-C in the shell doesn't reach it
+        )
+    _pidfile(name).write_text(str(proc.pid))
+    log.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
+
+
+def _stop(name: str, timeout: float = 15.0) -> None:
+    pid = _pid(name)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid(name) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid(name) is not None:
+            log.warning("%s did not stop on SIGTERM; killing it", name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _pid(name) is not None:
+                time.sleep(0.05)
+    _pidfile(name).unlink(missing_ok=True)
+
+
+def _wait(name: str, check: Callable[[], bool], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _pid(name) is None:
+            raise StackError(
+                f"{name} exited during start-up; see {STATE / 'logs' / (name + '.log')}:\n"
+                + _tail(STATE / "logs" / f"{name}.log")
+            )
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            pass
+        time.sleep(0.25)
+    raise StackError(
+        f"{name} not healthy after {timeout:.0f}s; see {STATE / 'logs' / (name + '.log')}:\n"
+        + _tail(STATE / "logs" / f"{name}.log")
+    )
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+        return bool(resp.status == 200)
+
+
+def _admin_tls() -> ssl.SSLContext:
+    pki = STATE / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return ctx
+
+
+def _insecure_tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# --- set-up steps ------------------------------------------------------------
+
+
+def ensure_binaries() -> None:
+    """Builds the Go binaries that are missing (cached by version; a no-op when all exist)."""
+    needed = [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+        "kwok",
+        "minio",
+    ]
+    if all((BIN / n).exists() for n in needed):
+        return
+    log.info("building the local stack's binaries from their Go modules (first run: several minutes)")
+    subprocess.run([str(REPO / "hack" / "build-binaries.sh"), "all"], check=True)
+
+
+def prometheus_binary() -> str:
+    """Debian's prometheus, installed with apt-get when missing."""
+    found = shutil.which("prometheus") or (
+        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
+    )
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise StackError("prometheus is not installed; run: sudo apt-get install prometheus")
+    log.info("installing Debian's prometheus package")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"], check=True, env=env
+    )
+    return "/usr/bin/prometheus"
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=STATE / "pki")
+
+
+def _make_pki() -> None:
+    """CA, API server serving cert, admin client cert (system:masters), service-account key pair."""
+    pki = STATE / "pki"
+    pki.mkdir(parents=True, exist_ok=True)
+    if (pki / "admin.crt").exists():
+        return
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=kubeft-local-ca",
+    )
+    sans = ",".join(
+        [
+            f"IP:{HOST}",
+            "IP:10.96.0.1",
+            "DNS:localhost",
+            "DNS:kubernetes",
+            "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc",
+            "DNS:kubernetes.default.svc.cluster.local",
+        ]
+    )
+    for name, subj, ext in (
+        ("apiserver", "/CN=kube-apiserver", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth"),
+        ("admin", "/O=system:masters/CN=kubeft-admin", "extendedKeyUsage=clientAuth"),
+    ):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            subj,
+        )
+        (pki / f"{name}.ext").write_text(ext + "\n")
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "3650",
+            "-extfile",
+            f"{name}.ext",
+        )
+    _openssl("genrsa", "-out", "sa.key", "2048")
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+
+def _write_kubeconfig() -> None:
+    pki = STATE / "pki"
+
+    def b64(name: str) -> str:
+        return base64.b64encode((pki / name).read_bytes()).decode()
+
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "kubeft-local",
+                "cluster": {
+                    "server": f"https://{HOST}:{PORTS['kube-apiserver']}",
+                    "certificate-authority-data": b64("ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": "kubeft-admin",
+                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+            }
+        ],
+        "contexts": [
+            {"name": "kubeft-local", "context": {"cluster": "kubeft-local", "user": "kubeft-admin"}}
+        ],
+        "current-context": "kubeft-local",
+    }
+    path = STATE / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
+    path.chmod(0o600)
+
+
+def _write_kwok_config() -> Path:
+    """kwok's stages: its defaults, with trainer pods left to the local pod runner.
+
+    Supplying any Stage replaces all of kwok's defaults, so the node stages are here too.
+    Pod deletion stays with kwok for every pod, so namespaces and owners can always be deleted.
+    """
+    exclude_trainer = {
+        "key": f'.metadata.labels["{contract.LABEL_COMPONENT}"]',
+        "operator": "NotIn",
+        "values": [contract.COMPONENT_TRAINER],
+    }
+    docs = [
+        {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokConfiguration",
+            # explicit: kwok applies its defaults only to a config it generated itself
+            "options": {
+                "podPlayStageParallelism": 4,
+                "nodePlayStageParallelism": 4,
+                "nodeLeaseParallelism": 4,
+                "podsOnNodeSyncParallelism": 1,
+                "enablePodsOnNodeSyncListPager": True,
+                "enablePodsOnNodeSyncStreamWatch": False,
+            },
+        }
+    ]
+    for path in sorted(KWOK_STAGES.glob("*.yaml")):
+        stage = yaml.safe_load(path.read_text())
+        if stage["spec"]["resourceRef"]["kind"] == "Pod" and stage["metadata"]["name"] != "pod-delete":
+            stage["spec"]["selector"]["matchExpressions"].append(exclude_trainer)
+        docs.append(stage)
+    out = STATE / "kwok.yaml"
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return out
+
+
+def _write_prometheus_config() -> Path:
+    prom = STATE / "prometheus"
+    (prom / "targets").mkdir(parents=True, exist_ok=True)
+    config = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"{HOST}:{PORTS['prometheus']}"]}]},
+            {
+                # one JSON file per target; tests, the demo and the pod runner drop them here
+                "job_name": "kubeft-targets",
+                "file_sd_configs": [{"files": [str(prom / "targets" / "*.json")], "refresh_interval": "2s"}],
+            },
+        ],
+    }
+    path = prom / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _argv(name: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment of one component."""
+    pki = STATE / "pki"
+    kubeconfig = str(STATE / "kubeconfig")
+    p = PORTS
+    if name == "etcd":
+        return [
+            str(BIN / "etcd"),
+            "--name=kubeft",
+            f"--data-dir={STATE / 'etcd'}",
+            f"--listen-client-urls=http://{HOST}:{p['etcd']}",
+            f"--advertise-client-urls=http://{HOST}:{p['etcd']}",
+            f"--listen-peer-urls=http://{HOST}:{p['etcd-peer']}",
+            f"--initial-advertise-peer-urls=http://{HOST}:{p['etcd-peer']}",
+            f"--initial-cluster=kubeft=http://{HOST}:{p['etcd-peer']}",
+            "--unsafe-no-fsync=true",  # throwaway test cluster: durability is not the point, speed is
+            "--quota-backend-bytes=4294967296",
+            "--auto-compaction-retention=1",
+        ], {}
+    if name == "kube-apiserver":
+        return [
+            str(BIN / "kube-apiserver"),
+            f"--etcd-servers=http://{HOST}:{p['etcd']}",
+            f"--bind-address={HOST}",
+            f"--advertise-address={HOST}",
+            f"--secure-port={p['kube-apiserver']}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--event-ttl=1h",
+        ], {}
+    if name == "kube-controller-manager":
+        return [
+            str(BIN / "kube-controller-manager"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--bind-address={HOST}",
+            f"--secure-port={p['kube-controller-manager']}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            "--use-service-account-credentials=false",
+            "--leader-elect=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+            "--profiling=false",
+        ], {}
+    if name == "kube-scheduler":
+        return [
+            str(BIN / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--bind-address={HOST}",
+            f"--secure-port={p['kube-scheduler']}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ], {}
+    if name == "kwok":
+        return [
+            str(BIN / "kwok"),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={STATE / 'kwok.yaml'}",
+            f"--manage-nodes-with-label-selector={gpu_nodes.KWOK_NODE_LABEL}=true",
+            f"--server-address={HOST}:{p['kwok']}",
+            f"--node-ip={HOST}",
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.244.0.0/16",
+        ], {}
+    if name == "minio":
+        return [
+            str(BIN / "minio"),
+            "server",
+            str(STATE / "minio"),
+            f"--address={HOST}:{p['minio']}",
+            f"--console-address={HOST}:{p['minio-console']}",
+            "--quiet",
+        ], {
+            "MINIO_ROOT_USER": MINIO_ACCESS_KEY,
+            "MINIO_ROOT_PASSWORD": MINIO_SECRET_KEY,
+            "MINIO_UPDATE": "off",
+            "MINIO_BROWSER": "off",
+        }
+    if name == "prometheus":
+        prom = STATE / "prometheus"
+        return [
+            prometheus_binary(),
+            f"--config.file={prom / 'prometheus.yml'}",
+            f"--storage.tsdb.path={prom / 'data'}",
+            f"--web.listen-address={HOST}:{p['prometheus']}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=1d",
+        ], {}
+    raise KeyError(name)
+
+
+def _health(name: str) -> Callable[[], bool]:
+    p = PORTS
+    if name == "etcd":
+        return lambda: _http_ok(f"http://{HOST}:{p['etcd']}/health")
+    if name == "kube-apiserver":
+        return lambda: _http_ok(f"https://{HOST}:{p['kube-apiserver']}/readyz", _admin_tls())
+    if name in ("kube-controller-manager", "kube-scheduler"):
+        return lambda: _http_ok(f"https://{HOST}:{p[name]}/healthz", _insecure_tls())
+    if name == "kwok":
+        return lambda: _http_ok(f"http://{HOST}:{p['kwok']}/healthz")
+    if name == "minio":
+        return lambda: _http_ok(f"http://{HOST}:{p['minio']}/minio/health/ready")
+    if name == "prometheus":
+        return lambda: _http_ok(f"http://{HOST}:{p['prometheus']}/-/ready")
+    raise KeyError(name)
+
+
+def start_component(name: str, timeout: float = 120.0) -> None:
+    """Starts one component (if it isn't running) and waits until it is healthy."""
+    if _pid(name) is None:
+        argv, env = _argv(name)
+        _start(name, argv, env)
+    _wait(name, _health(name), timeout)
+
+
+def stop_component(name: str) -> None:
+    """Stops one component and keeps its data (tests use this to take MinIO away for a while)."""
+    _stop(name)
+
+
+def component_running(name: str) -> bool:
+    return _pid(name) is not None
+
+
+def is_running() -> bool:
+    """True when every component's process is alive and answers its health check."""
+    for name in COMPONENTS:
+        if _pid(name) is None:
+            return False
+        try:
+            if not _health(name)():
+                return False
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            return False
+    return True
+
+
+def up() -> StackInfo:
+    """Brings the whole stack up and returns where it is; a no-op when it already runs."""
+    if is_running():
+        log.info("local stack already running (%s)", STATE)
+        return info()
+    if any(_pid(n) is not None for n in COMPONENTS):
+        log.info("a partial stack is running; stopping it first")
+        down()
+    ensure_binaries()
+    prometheus_binary()
+    for sub in ("pids", "logs", "minio"):
+        (STATE / sub).mkdir(parents=True, exist_ok=True)
+    _make_pki()
+    _write_kubeconfig()
+    _write_kwok_config()
+    _write_prometheus_config()
+    t0 = time.monotonic()
+    for name in COMPONENTS:
+        start_component(name)
+        log.info("%-24s healthy (%.1fs)", name, time.monotonic() - t0)
+    stack = info()
+    api = _api_client(stack)
+    gpu_nodes.register(api)
+    gpu_nodes.wait_ready(api, timeout=60)
+    _wait_default_namespace_ready(api)
+    _write_env(stack)
+    log.info("local stack up in %.1fs; env: source %s", time.monotonic() - t0, stack.env_file)
+    return stack
+
+
+def down() -> None:
+    """Stops every component and removes all state (etcd data, objects in MinIO, metrics)."""
+    for name in reversed(COMPONENTS):
+        _stop(name)
+    if STATE.exists():
+        shutil.rmtree(STATE)
+    log.info("local stack stopped; state removed")
+
+
+def _write_env(stack: StackInfo) -> None:
+    lines = {
+        "KUBECONFIG": str(stack.kubeconfig),
+        "KUBEFT_MINIO_ENDPOINT": stack.minio_endpoint,
+        "KUBEFT_MINIO_ACCESS_KEY": stack.minio_access_key,
+        "KUBEFT_MINIO_SECRET_KEY": stack.minio_secret_key,
+        "KUBEFT_PROMETHEUS_URL": stack.prometheus_url,
+        "KUBEFT_PROMETHEUS_TARGETS": str(stack.prometheus_targets_dir),
+    }
+    text = "".join(f"export {k}={v}\n" for k, v in lines.items())
+    text += f'export PATH="{stack.bin_dir}:$PATH"\n'
+    stack.env_file.write_text(text)
+    stack.env_file.chmod(0o600)
+
+
+def _api_client(stack: StackInfo) -> Any:
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(stack.kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def _wait_default_namespace_ready(api: Any, timeout: float = 60.0) -> None:
+    """The controller manager creates the `default` ServiceAccount; pods can't be created before it."""
+    from kubeft.dev.kube import wait_for_service_account
+
+    wait_for_service_account(api, "default", "default", timeout)
+
+
+def versions() -> dict[str, str]:
+    """Each component's own report of its version."""
+    out: dict[str, str] = {}
+    probes: Iterable[tuple[str, list[str]]] = (
+        ("etcd", [str(BIN / "etcd"), "--version"]),
+        ("kube-apiserver", [str(BIN / "kube-apiserver"), "--version"]),
+        ("kube-controller-manager", [str(BIN / "kube-controller-manager"), "--version"]),
+        ("kube-scheduler", [str(BIN / "kube-scheduler"), "--version"]),
+        ("kwok", [str(BIN / "kwok"), "--version"]),
+        ("prometheus", [prometheus_binary(), "--version"]),
+    )
+    # MinIO built with `go install` reports "DEVELOPMENT.GOGET"; the pinned module version is in the file name
+    out["minio"] = (BIN / "minio").resolve().name
+    for name, argv in probes:
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+            first = (res.stdout or res.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired) as exc:
+            first = f"unknown ({exc})"
+        out[name] = first
+    return dict(sorted(out.items(), key=lambda kv: COMPONENTS.index(kv[0])))
+
+
+def versions_line() -> str:
+    return "; ".join(f"{k}: {v}" for k, v in versions().items())
+
+
+def status() -> dict[str, str]:
+    """Each component: running (pid) / healthy or not."""
+    result: dict[str, str] = {}
+    for name in COMPONENTS:
+        pid = _pid(name)
+        if pid is None:
+            result[name] = "stopped"
+            continue
+        try:
+            healthy = _health(name)()
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            healthy = False
+        result[name] = f"{'healthy' if healthy else 'unhealthy'} (pid {pid})"
+    return result
