@@ -24,6 +24,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +37,7 @@ import yaml
 
 from kubeft import contract
 from kubeft.dev import nodes as gpu_nodes
+from kubeft.dev.podrunner import RUN_COMPONENTS
 
 log = logging.getLogger("kubeft.dev")
 
@@ -56,6 +58,7 @@ PORTS = {
     "minio": 19000,
     "minio-console": 19001,
     "prometheus": 19090,
+    "podrunner": 16470,
 }
 SERVICE_CIDR = "10.96.0.0/16"
 MINIO_ACCESS_KEY = "kubeft"
@@ -71,6 +74,7 @@ COMPONENTS = (
     "kwok",
     "minio",
     "prometheus",
+    "podrunner",
 )
 
 
@@ -386,12 +390,13 @@ def _write_kwok_config() -> Path:
     """kwok's stages: its defaults, with trainer pods left to the local pod runner.
 
     Supplying any Stage replaces all of kwok's defaults, so the node stages are here too.
+    Pods of RUN_COMPONENTS (kubeft's trainer and operator) are left to the local pod runner.
     Pod deletion stays with kwok for every pod, so namespaces and owners can always be deleted.
     """
     exclude_trainer = {
         "key": f'.metadata.labels["{contract.LABEL_COMPONENT}"]',
         "operator": "NotIn",
-        "values": [contract.COMPONENT_TRAINER],
+        "values": list(RUN_COMPONENTS),
     }
     docs = [
         {
@@ -540,6 +545,17 @@ def _argv(name: str) -> tuple[list[str], dict[str, str]]:
             "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=1d",
         ], {}
+    if name == "podrunner":
+        return [
+            sys.executable,
+            "-m",
+            "kubeft.dev.podrunner",
+            f"--kubeconfig={kubeconfig}",
+            f"--state-dir={STATE}",
+            f"--targets-dir={STATE / 'prometheus' / 'targets'}",
+            f"--ca-file={pki / 'ca.crt'}",
+            f"--health-port={p['podrunner']}",
+        ], {}
     raise KeyError(name)
 
 
@@ -557,6 +573,8 @@ def _health(name: str) -> Callable[[], bool]:
         return lambda: _http_ok(f"http://{HOST}:{p['minio']}/minio/health/ready")
     if name == "prometheus":
         return lambda: _http_ok(f"http://{HOST}:{p['prometheus']}/-/ready")
+    if name == "podrunner":
+        return lambda: _http_ok(f"http://{HOST}:{p['podrunner']}/healthz")
     raise KeyError(name)
 
 

@@ -1,0 +1,550 @@
+"""The local pod runner: a tiny kubelet for the pods kwok leaves alone (test and demo harness only).
+
+kwok simulates every pod on the simulated nodes, except kubeft's own trainer and
+operator pods (label app.kubernetes.io/component in RUN_COMPONENTS). Once the real
+scheduler has bound such a pod, this runner runs its container's command and args
+as a local process, the way a kubelet would:
+
+- env: literal values, secretKeyRef / configMapKeyRef (optional honoured), fieldRef
+  (metadata.name/namespace/uid, spec.nodeName, spec.serviceAccountName, status.podIP);
+- volumes: configMap, secret and emptyDir volumes are materialised under the pod's
+  directory; env values that point into a mount path are rewritten to the local copy;
+- the pod's ServiceAccount: a bound token from the TokenRequest API, handed over as a
+  kubeconfig (KUBECONFIG), so the process talks to the API server with exactly the
+  RBAC rights the pod would have;
+- ports: each container port gets a free local port (named ports are exported as
+  KUBEFT_<NAME>_PORT, the metrics port as KUBEFT_METRICS_PORT), and the metrics port
+  is registered as a Prometheus scrape target with namespace/pod/job labels;
+- status: Running with container state, then Succeeded/Failed with exit code, reason
+  and the termination message the process wrote (KUBEFT_TERMINATION_LOG);
+- deletion: SIGTERM, the pod's grace period, then SIGKILL.
+
+Each pod runs once (restartPolicy Never semantics); the operator creates a new pod to retry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubeft import contract
+
+log = logging.getLogger("kubeft.podrunner")
+
+RUN_COMPONENTS = (contract.COMPONENT_TRAINER, contract.COMPONENT_OPERATOR)
+SELECTOR = f"{contract.LABEL_COMPONENT} in ({','.join(RUN_COMPONENTS)})"
+PASS_ENV = ("LANG", "LC_ALL", "TMPDIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "TZ")
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Running:
+    """One pod's process and what the runner set up for it."""
+
+    uid: str
+    namespace: str
+    name: str
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    started_at: str
+    termination_log: Path
+    scrape_target: str | None = None
+    deleting: bool = field(default=False)
+
+
+class PodRunner:
+    def __init__(self, api: Any, state_dir: Path, kube_server: str, ca_file: Path, targets_dir: Path) -> None:
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api)
+        self.state_dir = state_dir
+        self.kube_server = kube_server
+        self.ca_file = ca_file
+        self.targets_dir = targets_dir
+        self.running: dict[str, Running] = {}
+        self.done: set[str] = set()
+        self.lock = threading.Lock()
+
+    # --- main loop ---------------------------------------------------------
+    def loop(self, interval: float = 0.5) -> None:
+        while True:
+            try:
+                self.sync()
+            except Exception:
+                log.exception("sync failed; retrying")
+            time.sleep(interval)
+
+    def sync(self) -> None:
+        pods = self.core.list_pod_for_all_namespaces(label_selector=SELECTOR).items
+        seen = set()
+        for pod in pods:
+            uid = pod.metadata.uid
+            seen.add(uid)
+            if pod.metadata.deletion_timestamp is not None:
+                self._terminate(uid, pod.spec.termination_grace_period_seconds or 30)
+                continue
+            if uid in self.running or uid in self.done or not pod.spec.node_name:
+                continue
+            if pod.status.phase in ("Succeeded", "Failed"):
+                self.done.add(uid)
+                continue
+            self._start(pod)
+        for uid in list(self.running):
+            if uid not in seen:  # deleted while we weren't looking
+                self._terminate(uid, 0)
+
+    # --- start ------------------------------------------------------------
+    def _start(self, pod: Any) -> None:
+        ns, name, uid = pod.metadata.namespace, pod.metadata.name, pod.metadata.uid
+        workdir = self.state_dir / "pods" / f"{ns}_{name}_{uid[:8]}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        try:
+            container = pod.spec.containers[0]
+            mounts = self._materialise_volumes(pod, container, workdir)
+            env, target = self._env(pod, container, workdir, mounts)
+            argv = [*(container.command or []), *(container.args or [])]
+            if not argv:
+                raise RuntimeError(
+                    "container has no command: the local runner cannot use the image's entrypoint"
+                )
+            exe = shutil.which(argv[0], path=env["PATH"])
+            if exe is None:
+                raise RuntimeError(f"executable {argv[0]!r} not found on PATH {env['PATH']}")
+        except Exception as exc:
+            log.warning("pod %s/%s cannot start: %s", ns, name, exc)
+            self._report_failed_to_start(pod, str(exc))
+            self.done.add(uid)
+            return
+        logfile = open(workdir / "container.log", "ab")  # noqa: SIM115 (handed to the child)
+        proc = subprocess.Popen(
+            [exe, *argv[1:]],
+            env=env,
+            cwd=workdir,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        logfile.close()
+        run = Running(uid, ns, name, proc, workdir, _now(), Path(env[contract.ENV_TERMINATION_LOG]))
+        if target:
+            run.scrape_target = self._add_scrape_target(pod, target)
+        with self.lock:
+            self.running[uid] = run
+        log.info(
+            "pod %s/%s: started %s (pid %d, log %s)", ns, name, argv, proc.pid, workdir / "container.log"
+        )
+        self._patch_status(ns, name, self._running_status(pod, run))
+        threading.Thread(target=self._wait, args=(pod, run), daemon=True).start()
+
+    def _materialise_volumes(self, pod: Any, container: Any, workdir: Path) -> dict[str, Path]:
+        """mountPath → local directory, for configMap, secret, emptyDir and the SA token volume."""
+        sources: dict[str, Path] = {}
+        for vol in pod.spec.volumes or []:
+            local = workdir / "volumes" / vol.name
+            local.mkdir(parents=True, exist_ok=True)
+            if vol.config_map is not None:
+                self._write_items(
+                    local,
+                    self._config_map(pod, vol.config_map.name, vol.config_map.optional),
+                    vol.config_map.items,
+                )
+            elif vol.secret is not None:
+                data = self._secret(pod, vol.secret.secret_name, vol.secret.optional)
+                self._write_items(local, data, vol.secret.items)
+            sources[vol.name] = local
+        mounts: dict[str, Path] = {}
+        for m in container.volume_mounts or []:
+            if m.name in sources:
+                mounts[m.mount_path.rstrip("/")] = sources[m.name] / (m.sub_path or "")
+        return mounts
+
+    @staticmethod
+    def _write_items(local: Path, data: dict[str, bytes], items: Any) -> None:
+        if items:
+            data = {i.path: data[i.key] for i in items if i.key in data}
+        for key, value in data.items():
+            (local / key).parent.mkdir(parents=True, exist_ok=True)
+            (local / key).write_bytes(value)
+
+    def _config_map(self, pod: Any, name: str, optional: bool | None) -> dict[str, bytes]:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            cm = self.core.read_namespaced_config_map(name, pod.metadata.namespace)
+        except ApiException as exc:
+            if exc.status == 404 and optional:
+                return {}
+            raise RuntimeError(f'configmap "{name}" not found') from exc
+        out = {k: v.encode() for k, v in (cm.data or {}).items()}
+        out.update({k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()})
+        return out
+
+    def _secret(self, pod: Any, name: str, optional: bool | None) -> dict[str, bytes]:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            secret = self.core.read_namespaced_secret(name, pod.metadata.namespace)
+        except ApiException as exc:
+            if exc.status == 404 and optional:
+                return {}
+            raise RuntimeError(f'secret "{name}" not found') from exc
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+    def _env(
+        self, pod: Any, container: Any, workdir: Path, mounts: dict[str, Path]
+    ) -> tuple[dict[str, str], Any]:
+        bindir = str(Path(sys.executable).parent)
+        env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+        env.update(
+            {
+                "PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin",
+                "HOME": str(workdir / "home"),
+                "HOSTNAME": pod.metadata.name,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        (workdir / "home").mkdir(exist_ok=True)
+        caches: dict[tuple[str, str], dict[str, bytes]] = {}
+
+        def lookup(kind: str, name: str, key: str, optional: bool | None) -> str | None:
+            if (kind, name) not in caches:
+                getter = self._secret if kind == "secret" else self._config_map
+                caches[(kind, name)] = getter(pod, name, optional)
+            value = caches[(kind, name)].get(key)
+            if value is None and not optional:
+                raise RuntimeError(f"couldn't find key {key} in {kind} {pod.metadata.namespace}/{name}")
+            return None if value is None else value.decode()
+
+        for ev in container.env or []:
+            value: str | None = ev.value or ""
+            src = ev.value_from
+            if src is not None:
+                if src.secret_key_ref is not None:
+                    r = src.secret_key_ref
+                    value = lookup("secret", r.name, r.key, r.optional)
+                elif src.config_map_key_ref is not None:
+                    r = src.config_map_key_ref
+                    value = lookup("configmap", r.name, r.key, r.optional)
+                elif src.field_ref is not None:
+                    value = self._field(pod, src.field_ref.field_path)
+            if value is not None:
+                env[ev.name] = value
+        for ef in container.env_from or []:
+            prefix = ef.prefix or ""
+            if ef.secret_ref is not None:
+                data = self._secret(pod, ef.secret_ref.name, ef.secret_ref.optional)
+            elif ef.config_map_ref is not None:
+                data = self._config_map(pod, ef.config_map_ref.name, ef.config_map_ref.optional)
+            else:
+                continue
+            env.update({prefix + k: v.decode() for k, v in data.items()})
+        # paths into mounted volumes → their local copies (longest mount path first)
+        for key, value in list(env.items()):
+            for mount in sorted(mounts, key=len, reverse=True):
+                if value == mount or value.startswith(mount + "/"):
+                    env[key] = str(mounts[mount]) + value[len(mount) :]
+                    break
+        # the pod's own identity: a bound ServiceAccount token in a kubeconfig
+        env["KUBECONFIG"] = str(self._kubeconfig(pod, workdir))
+        env[contract.ENV_TERMINATION_LOG] = str(workdir / "termination-log")
+        # ports: every container port gets a free local one
+        metrics_target = None
+        for port in container.ports or []:
+            local = _free_port()
+            if port.name:
+                env[f"KUBEFT_{port.name.upper().replace('-', '_')}_PORT"] = str(local)
+            if port.name == contract.METRICS_PORT_NAME or port.container_port == contract.METRICS_PORT:
+                env[contract.ENV_METRICS_PORT] = str(local)
+                metrics_target = f"127.0.0.1:{local}"
+        return env, metrics_target
+
+    @staticmethod
+    def _field(pod: Any, path: str) -> str:
+        values = {
+            "metadata.name": pod.metadata.name,
+            "metadata.namespace": pod.metadata.namespace,
+            "metadata.uid": pod.metadata.uid,
+            "spec.nodeName": pod.spec.node_name,
+            "spec.serviceAccountName": pod.spec.service_account_name,
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+        }
+        if path.startswith("metadata.labels['"):
+            return str((pod.metadata.labels or {}).get(path.split("'")[1], ""))
+        return str(values.get(path, ""))
+
+    def _kubeconfig(self, pod: Any, workdir: Path) -> Path:
+        from kubernetes import client
+
+        sa = pod.spec.service_account_name or "default"
+        req = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[],
+                expiration_seconds=24 * 3600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
+                ),
+            )
+        )
+        token = self.core.create_namespaced_service_account_token(
+            sa, pod.metadata.namespace, req
+        ).status.token
+        ca = base64.b64encode(self.ca_file.read_bytes()).decode()
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "pod",
+            "clusters": [
+                {"name": "local", "cluster": {"server": self.kube_server, "certificate-authority-data": ca}}
+            ],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "pod",
+                    "context": {"cluster": "local", "user": sa, "namespace": pod.metadata.namespace},
+                }
+            ],
+        }
+        path = workdir / "kubeconfig"
+        path.write_text(yaml.safe_dump(cfg))
+        path.chmod(0o600)
+        return path
+
+    def _add_scrape_target(self, pod: Any, address: str) -> str:
+        labels = pod.metadata.labels or {}
+        name = f"pod_{pod.metadata.namespace}_{pod.metadata.name}"
+        doc = [
+            {
+                "targets": [address],
+                "labels": {
+                    "job": labels.get(contract.LABEL_COMPONENT, "pod"),
+                    "namespace": pod.metadata.namespace,
+                    "pod": pod.metadata.name,
+                    **({"kubeft_job": labels[contract.LABEL_JOB]} if contract.LABEL_JOB in labels else {}),
+                },
+            }
+        ]
+        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.targets_dir / f"{name}.tmp"
+        tmp.write_text(json.dumps(doc))
+        tmp.rename(self.targets_dir / f"{name}.json")
+        return name
+
+    # --- status -----------------------------------------------------------
+    @staticmethod
+    def _conditions(ready: bool) -> list[dict[str, Any]]:
+        now = _now()
+        flag = "True" if ready else "False"
+        return [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
+            {"type": "Ready", "status": flag, "lastTransitionTime": now},
+        ]
+
+    def _running_status(self, pod: Any, run: Running) -> dict[str, Any]:
+        c = pod.spec.containers[0]
+        return {
+            "phase": "Running",
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "hostIP": "127.0.0.1",
+            "startTime": run.started_at,
+            "conditions": self._conditions(True),
+            "containerStatuses": [
+                {
+                    "name": c.name,
+                    "image": c.image,
+                    "imageID": "",
+                    "ready": True,
+                    "started": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": run.started_at}},
+                }
+            ],
+        }
+
+    def _report_failed_to_start(self, pod: Any, message: str) -> None:
+        c = pod.spec.containers[0]
+        self._patch_status(
+            pod.metadata.namespace,
+            pod.metadata.name,
+            {
+                "phase": "Failed",
+                "message": message,
+                "reason": "CreateContainerConfigError",
+                "conditions": self._conditions(False),
+                "containerStatuses": [
+                    {
+                        "name": c.name,
+                        "image": c.image,
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": 128,
+                                "reason": "CreateContainerConfigError",
+                                "message": message,
+                                "startedAt": _now(),
+                                "finishedAt": _now(),
+                            }
+                        },
+                    }
+                ],
+            },
+        )
+
+    def _patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self.core.patch_namespaced_pod_status(name, ns, {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # --- exit and deletion ------------------------------------------------
+    def _wait(self, pod: Any, run: Running) -> None:
+        code = run.proc.wait()
+        with self.lock:
+            self.running.pop(run.uid, None)
+            self.done.add(run.uid)
+        if run.scrape_target:
+            (self.targets_dir / f"{run.scrape_target}.json").unlink(missing_ok=True)
+        message = ""
+        with contextlib.suppress(FileNotFoundError):
+            message = run.termination_log.read_text(errors="replace")[-4096:]
+        if code < 0:  # killed by a signal: report it the way the kubelet does (128 + signal)
+            code = 128 - code
+        reason = "Completed" if code == 0 else ("OOMKilled" if message.startswith("OOMKilled") else "Error")
+        log.info("pod %s/%s: exited %d (%s)", run.namespace, run.name, code, reason)
+        if run.deleting:
+            return
+        c = pod.spec.containers[0]
+        self._patch_status(
+            run.namespace,
+            run.name,
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "conditions": self._conditions(False),
+                "containerStatuses": [
+                    {
+                        "name": c.name,
+                        "image": c.image,
+                        "imageID": "",
+                        "ready": False,
+                        "started": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": code,
+                                "reason": reason,
+                                "message": message,
+                                "startedAt": run.started_at,
+                                "finishedAt": _now(),
+                            }
+                        },
+                    }
+                ],
+            },
+        )
+
+    def _terminate(self, uid: str, grace: int) -> None:
+        with self.lock:
+            run = self.running.get(uid)
+        if run is None or run.deleting:
+            return
+        run.deleting = True
+        log.info("pod %s/%s deleted: stopping its process (grace %ds)", run.namespace, run.name, grace)
+
+        def stop() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.proc.pid, signal.SIGTERM)
+            try:
+                run.proc.wait(timeout=max(grace, 0))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.proc.pid, signal.SIGKILL)
+
+        threading.Thread(target=stop, daemon=True).start()
+
+    def stop_all(self) -> None:
+        for uid in list(self.running):
+            self._terminate(uid, 5)
+
+
+def _serve_health(port: int) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--targets-dir", required=True, type=Path)
+    parser.add_argument("--ca-file", required=True, type=Path)
+    parser.add_argument("--health-port", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
+    runner = PodRunner(
+        client.ApiClient(configuration), args.state_dir, configuration.host, args.ca_file, args.targets_dir
+    )
+
+    def on_term(signum: int, frame: Any) -> None:
+        runner.stop_all()
+        time.sleep(1)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    _serve_health(args.health_port)
+    runner.loop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
