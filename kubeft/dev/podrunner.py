@@ -109,7 +109,11 @@ class PodRunner:
             uid = pod.metadata.uid
             seen.add(uid)
             if pod.metadata.deletion_timestamp is not None:
-                self._terminate(uid, pod.spec.termination_grace_period_seconds or 30)
+                if uid in self.running:
+                    self._terminate(uid, pod.spec.termination_grace_period_seconds or 30)
+                elif not pod.metadata.finalizers:
+                    # the process is gone: finish the deletion, as a kubelet does
+                    self._delete_now(pod)
                 continue
             if uid in self.running or uid in self.done or not pod.spec.node_name:
                 continue
@@ -498,6 +502,21 @@ class PodRunner:
                     os.killpg(run.proc.pid, signal.SIGKILL)
 
         threading.Thread(target=stop, daemon=True).start()
+
+    def _delete_now(self, pod: Any) -> None:
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self.core.delete_namespaced_pod(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.metadata.uid)),
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     def stop_all(self) -> None:
         for uid in list(self.running):

@@ -1,0 +1,84 @@
+"""Condition types, reasons and the one helper that sets a condition.
+
+Conditions follow the Kubernetes API conventions: type, status, reason (CamelCase),
+message, lastTransitionTime (changes only when status changes), observedGeneration.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+# --- condition types -----------------------------------------------------------
+VALIDATED: Final = "Validated"  # the spec, model config and secret are usable
+SCHEDULABLE: Final = "Schedulable"  # a GPU class in the cluster fits the estimate
+SCHEDULED: Final = "Scheduled"  # the trainer pod is bound to a node
+SUSPENDED: Final = "Suspended"
+SUCCEEDED: Final = "Succeeded"
+FAILED: Final = "Failed"
+
+# --- reasons -------------------------------------------------------------------
+SPEC_VALID: Final = "SpecValid"
+INVALID_SPEC: Final = "InvalidSpec"
+MODEL_CONFIG_UNAVAILABLE: Final = "ModelConfigUnavailable"
+SECRET_NOT_FOUND: Final = "SecretNotFound"
+SECRET_KEY_MISSING: Final = "SecretKeyMissing"
+GPU_FITS: Final = "GPUFits"
+INSUFFICIENT_GPU_MEMORY: Final = "InsufficientGPUMemory"
+NO_GPU_NODES: Final = "NoGPUNodes"
+POD_CREATED: Final = "PodCreated"
+POD_BOUND: Final = "PodBound"
+WAITING_FOR_NODE: Final = "WaitingForNode"
+BACKOFF: Final = "BackoffWaiting"
+JOB_SUSPENDED: Final = "JobSuspended"
+JOB_RESUMED: Final = "JobResumed"
+COMPLETED: Final = "Completed"
+INVALID_INPUT: Final = "InvalidInput"  # trainer exit code 2: retrying cannot help
+BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
+DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+POD_FAILED: Final = "PodFailed"
+POD_LOST: Final = "PodLost"
+OOM_KILLED: Final = "OOMKilled"
+
+MAX_MESSAGE: Final = 1024
+
+
+def cap(message: str, limit: int = MAX_MESSAGE) -> str:
+    """Shortens a message for a condition or an event."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Returns ``conditions`` with ``type_`` set; lastTransitionTime moves only when the status changes."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    out = [dict(c) for c in conditions]
+    for c in out:
+        if c.get("type") == type_:
+            if c.get("status") != value:
+                c["lastTransitionTime"] = now
+            c.update(status=value, reason=reason, message=cap(message), observedGeneration=generation)
+            return out
+    out.append(
+        {
+            "type": type_,
+            "status": value,
+            "reason": reason,
+            "message": cap(message),
+            "lastTransitionTime": now,
+            "observedGeneration": generation,
+        }
+    )
+    return out
+
+
+def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    """The condition of ``type_``, or None."""
+    return next((c for c in conditions if c.get("type") == type_), None)

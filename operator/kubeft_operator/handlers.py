@@ -1,0 +1,113 @@
+"""kopf registration: thin handlers that read, call :func:`.reconcile.decide`, and apply.
+
+One timer per FineTuneJob drives its whole lifecycle (placement, pod tracking,
+retries, suspend, deadlines, TTL): it re-reads the job each time, so a restart
+of the operator, a missed watch event or a stale cache cannot make it act twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from kubeft import contract
+
+from . import conditions as cond
+from . import metrics
+from .api import FineTuneJob, InvalidSpec
+from .kube import Kube, utcnow
+from .reconcile import decide, iso, needs_inputs
+from .settings import Settings
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+SETTINGS = Settings.from_env()  # the timer interval is needed at registration time
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else the kubeconfig that KUBECONFIG names at startup time."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
+    """Loads settings and API clients into ``memo``; our own finalizer and annotation names."""
+    settings.persistence.finalizer = f"{contract.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=contract.GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False  # events are few and written by the reconcile, not log lines
+    memo.settings = Settings.from_env()  # fresh per run; only the timer interval is fixed at import
+    memo.kube = Kube.from_environment()
+    metrics.start(memo.settings.metrics_port)
+    logger.info("kubeft operator started; trainer image %s", memo.settings.trainer_image)
+
+
+@kopf.timer(contract.GROUP, contract.VERSION, contract.PLURAL, interval=SETTINGS.reconcile_interval_seconds)
+def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
+    """Moves one FineTuneJob one step forward."""
+    assert namespace is not None  # FineTuneJob is namespaced
+    started = time.monotonic()
+    try:
+        reconcile(memo.kube, memo.settings, namespace, name, logger)
+    except kopf.TemporaryError:
+        raise
+    except Exception as exc:
+        metrics.ERRORS.labels(kind=type(exc).__name__).inc()
+        raise kopf.TemporaryError(
+            f"reconcile failed: {exc}", delay=memo.settings.reconcile_interval_seconds
+        ) from exc
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+@kopf.on.delete(contract.GROUP, contract.VERSION, contract.PLURAL, optional=True)
+def forget_job(name: str, namespace: str | None, **_: Any) -> None:
+    """Drops a deleted job from the metrics; its children go with it by owner reference."""
+    metrics.set_phase(namespace or "", name, None)
+
+
+def reconcile(kube: Kube, settings: Settings, namespace: str, name: str, logger: Logger) -> None:
+    """Reads the job and its pods, decides, applies the decision and writes the status."""
+    body = kube.get_job(namespace, name)
+    if body is None:
+        return
+    try:
+        job = FineTuneJob.from_body(body)
+    except InvalidSpec as exc:
+        meta = body["metadata"]
+        logger.warning("invalid spec: %s", exc)
+        stub = FineTuneJob.model_construct(
+            name=name, namespace=namespace, uid=meta.get("uid", ""), status=dict(body.get("status") or {})
+        )
+        conditions = cond.set_condition(
+            stub.status.get("conditions") or [], cond.VALIDATED, False, cond.INVALID_SPEC, str(exc),
+            generation=meta.get("generation") or 0, now=iso(utcnow()),
+        )  # fmt: skip
+        kube.patch_status(stub, {"phase": "Pending", "conditions": conditions})
+        return
+    if job.deletion_timestamp:
+        return
+    now = utcnow()
+    pods = kube.job_pods(job)
+    inputs = kube.inputs(job, settings) if needs_inputs(job, pods, now) else None
+    decision = decide(job, pods, inputs, settings, now)
+    kube.apply(job, decision, logger)
+    changes = {k: v for k, v in decision.status.items() if job.status.get(k) != v}
+    if changes and not kube.patch_status(job, changes):
+        logger.info("status moved meanwhile; deciding again on the next tick")
+        return
+    for type_, reason, message in decision.events:
+        kube.event(job, type_, reason, message)
+    if decision.placement is not None:
+        p = decision.placement
+        result = "unschedulable" if not p.ok else ("waiting" if p.waiting else "placed")
+        product = p.gpu_class.product if p.gpu_class else ""
+        metrics.PLACEMENTS.labels(result=result, gpu_product=product, method=p.method).inc()
+        if "phase" in changes:
+            logger.info("placement: %s", p.message)
+    metrics.set_phase(namespace, name, decision.status.get("phase", job.phase))

@@ -1,0 +1,61 @@
+"""Prometheus metrics of the operator (served on KUBEFT_METRICS_PORT at /metrics)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as _Count
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RECONCILE_SECONDS = Histogram(
+    "kubeft_operator_reconcile_duration_seconds",
+    "Time spent in one reconcile of a FineTuneJob.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PLACEMENTS = Counter(
+    "kubeft_operator_placement_decisions_total",
+    "Placement decisions: result (placed, waiting, unschedulable), GPU product and method.",
+    ["result", "gpu_product", "method"],
+)
+ERRORS = Counter(
+    "kubeft_operator_reconcile_errors_total",
+    "Reconciles that failed, by kind of error.",
+    ["kind"],
+)
+
+_phases: dict[tuple[str, str], str] = {}
+_lock = threading.Lock()
+_server_started = False
+
+
+def set_phase(namespace: str, name: str, phase: str | None) -> None:
+    """Records a job's phase (None: the job is gone) for ``kubeft_operator_jobs``."""
+    with _lock:
+        if phase is None:
+            _phases.pop((namespace, name), None)
+        else:
+            _phases[(namespace, name)] = phase or "Pending"
+
+
+class _JobsByPhase(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("kubeft_operator_jobs", "FineTuneJobs by phase.", labels=["phase"])
+        with _lock:
+            counts = _Count(_phases.values())
+        for phase, n in sorted(counts.items()):
+            family.add_metric([phase], n)
+        yield family
+
+
+REGISTRY.register(_JobsByPhase())
+
+
+def start(port: int) -> None:
+    """Serves /metrics on ``port`` once per process (0: not at all)."""
+    global _server_started
+    if port and not _server_started:
+        start_http_server(port)
+        _server_started = True

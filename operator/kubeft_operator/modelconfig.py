@@ -1,0 +1,175 @@
+"""Reads a model's config.json for the VRAM estimate: from S3/MinIO, the Hugging Face hub, or the spec.
+
+Failures raise :class:`ModelConfigError` with a message meant for the job's
+``Validated`` condition; the operator never crashes on an unreadable model.
+Results are cached per source for a few minutes (the operator asks every time it
+places a pod, and a model's shape does not change under a fixed source).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from kubeft import estimate as est
+
+from .api import FineTuneJobSpec
+
+CACHE_SECONDS = 300.0
+_cache: dict[tuple[str, str], tuple[float, est.ModelShape]] = {}
+_lock = threading.Lock()
+
+
+class ModelConfigError(RuntimeError):
+    """The model's config.json could not be read or understood (message says why and what to do)."""
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` → ``("bucket", "a/b")``."""
+    rest = uri.removeprefix("s3://")
+    bucket, _, key = rest.partition("/")
+    return bucket, key
+
+
+def config_key(prefix: str) -> str:
+    """Object key of config.json under a model prefix (or the key itself if it names a .json file)."""
+    if prefix.endswith(".json"):
+        return prefix
+    prefix = prefix.strip("/")
+    return f"{prefix}/config.json" if prefix else "config.json"
+
+
+def _parse(raw: bytes, where: str) -> est.ModelShape:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"{where} is not a JSON object")
+    try:
+        return est.ModelShape.from_config(data)
+    except est.EstimateError as exc:
+        raise ModelConfigError(f"{where}: {exc}; set spec.model.architecture to estimate anyway") from exc
+
+
+def read_s3(uri: str, endpoint: str, access_key: str, secret_key: str, timeout: float) -> est.ModelShape:
+    """config.json under an ``s3://`` model source."""
+    import urllib3
+    from minio import Minio
+    from minio.error import S3Error
+
+    url = urllib.parse.urlparse(endpoint)
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        retries=urllib3.Retry(total=1, backoff_factor=0.2),
+    )
+    client = Minio(
+        url.netloc,
+        access_key=access_key,
+        secret_key=secret_key,
+        secure=url.scheme == "https",
+        http_client=http,
+    )
+    bucket, prefix = split_s3(uri)
+    key = config_key(prefix)
+    where = f"s3://{bucket}/{key}"
+    try:
+        resp = client.get_object(bucket, key)
+        try:
+            raw = resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+    except S3Error as exc:
+        raise ModelConfigError(f"cannot read {where} from {endpoint}: {exc.code}") from exc
+    except Exception as exc:  # network errors of every kind: the message goes to a condition
+        raise ModelConfigError(f"cannot reach {endpoint} to read {where}: {type(exc).__name__}") from exc
+    return _parse(raw, where)
+
+
+def read_hf(uri: str, hf_endpoint: str, token: str | None, timeout: float) -> est.ModelShape:
+    """config.json of an ``hf://org/name[@revision]`` model from the hub."""
+    repo, _, revision = uri.removeprefix("hf://").partition("@")
+    rev = urllib.parse.quote(revision or "main", safe="")
+    url = f"{hf_endpoint.rstrip('/')}/{repo}/resolve/{rev}/config.json"
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        hint = " (gated or private: put hfToken in the credentials Secret)" if exc.code in (401, 403) else ""
+        raise ModelConfigError(f"cannot read config.json of {uri}: HTTP {exc.code}{hint}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise ModelConfigError(
+            f"cannot reach the Hugging Face hub for {uri}; set spec.model.architecture to run without it"
+        ) from exc
+    return _parse(raw, f"config.json of {uri}")
+
+
+def model_shape(
+    spec: FineTuneJobSpec,
+    *,
+    endpoint: str,
+    credentials: Mapping[str, str],
+    hf_endpoint: str,
+    timeout: float,
+) -> est.ModelShape:
+    """The model's architecture: ``spec.model.architecture`` if given, else its config.json.
+
+    ``credentials`` are the decoded keys of the storage Secret (accessKey, secretKey, hfToken).
+    """
+    if spec.model.architecture is not None:
+        return spec.model.architecture.to_shape()
+    source = spec.model.source
+    cache_key = (source, endpoint)
+    with _lock:
+        hit = _cache.get(cache_key)
+        if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+    shape: est.ModelShape
+    if source.startswith("s3://"):
+        shape = read_s3(
+            source,
+            endpoint,
+            credentials.get("accessKey", ""),
+            credentials.get("secretKey", ""),
+            timeout,
+        )
+    elif source.startswith("hf://"):
+        shape = read_hf(source, hf_endpoint, credentials.get("hfToken"), timeout)
+    else:
+        raise ModelConfigError(
+            f"the operator cannot read config.json from {source}; set spec.model.architecture"
+        )
+    with _lock:
+        _cache[cache_key] = (time.monotonic(), shape)
+    return shape
+
+
+def clear_cache() -> None:
+    """Forgets cached shapes (tests)."""
+    with _lock:
+        _cache.clear()
+
+
+def shape_to_dict(shape: est.ModelShape) -> dict[str, Any]:
+    """The shape as JSON for the trainer config."""
+    return {
+        "hiddenSize": shape.hidden_size,
+        "numLayers": shape.num_layers,
+        "numHeads": shape.num_heads,
+        "numKvHeads": shape.num_kv_heads,
+        "headDim": shape.head_dim,
+        "intermediateSize": shape.intermediate_size,
+        "vocabSize": shape.vocab_size,
+        "tieWordEmbeddings": shape.tie_word_embeddings,
+        "modelType": shape.model_type,
+    }

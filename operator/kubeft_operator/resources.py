@@ -1,0 +1,277 @@
+"""Pure builders of the objects a FineTuneJob owns: ``get_*(job, plan) -> V1…``.
+
+Names are deterministic (a second create of the same attempt collides instead of
+duplicating), every object carries the job's labels and a controller owner
+reference (deleting the FineTuneJob deletes them), and no builder ever sees a
+Secret's value: credentials reach the trainer through ``secretKeyRef`` only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client
+
+from kubeft import contract
+
+from .api import FineTuneJob
+from .modelconfig import shape_to_dict
+from .plan import Plan
+
+LABEL_ATTEMPT = "kubeft.io/attempt"
+CONFIG_VOLUME = "job-config"
+WORK_VOLUME = "work"
+SHM_VOLUME = "dshm"
+
+
+def trainer_name(job: FineTuneJob) -> str:
+    """Name of the per-job ServiceAccount, Role and RoleBinding."""
+    return f"{job.name}-trainer"
+
+
+def config_map_name(job: FineTuneJob) -> str:
+    """Name of the ConfigMap that holds job.json."""
+    return f"{job.name}-config"
+
+
+def pod_name(job: FineTuneJob, attempt: int) -> str:
+    """Name of the trainer pod of one attempt (0 for the first)."""
+    return f"{job.name}-trainer-{attempt}"
+
+
+def labels(job: FineTuneJob) -> dict[str, str]:
+    """Labels on every object the job owns."""
+    return {
+        contract.LABEL_JOB: job.name,
+        contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
+        contract.LABEL_PART_OF: contract.MANAGED_BY,
+    }
+
+
+def owner_reference(job: FineTuneJob) -> client.V1OwnerReference:
+    """Controller reference to the FineTuneJob (cascade deletion through the garbage collector)."""
+    return client.V1OwnerReference(
+        api_version=contract.API_VERSION,
+        kind=contract.KIND,
+        name=job.name,
+        uid=job.uid,
+        controller=True,
+        block_owner_deletion=True,
+    )
+
+
+def _meta(job: FineTuneJob, name: str, extra: dict[str, str] | None = None) -> client.V1ObjectMeta:
+    return client.V1ObjectMeta(
+        name=name,
+        namespace=job.namespace,
+        labels=labels(job) | (extra or {}),
+        owner_references=[owner_reference(job)],
+    )
+
+
+def get_service_account(job: FineTuneJob, plan: Plan) -> client.V1ServiceAccount:
+    """The trainer's own identity."""
+    return client.V1ServiceAccount(metadata=_meta(job, trainer_name(job)))
+
+
+def get_role(job: FineTuneJob, plan: Plan) -> client.V1Role:
+    """get/patch on this one FineTuneJob and its status, nothing else."""
+    return client.V1Role(
+        metadata=_meta(job, trainer_name(job)),
+        rules=[
+            client.V1PolicyRule(
+                api_groups=[contract.GROUP],
+                resources=[contract.PLURAL, f"{contract.PLURAL}/status"],
+                resource_names=[job.name],
+                verbs=["get", "patch"],
+            )
+        ],
+    )
+
+
+def get_role_binding(job: FineTuneJob, plan: Plan) -> client.V1RoleBinding:
+    """Binds the job's Role to the job's ServiceAccount."""
+    return client.V1RoleBinding(
+        metadata=_meta(job, trainer_name(job)),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=trainer_name(job)),
+        subjects=[
+            client.RbacV1Subject(kind="ServiceAccount", name=trainer_name(job), namespace=job.namespace)
+        ],
+    )
+
+
+def trainer_config(job: FineTuneJob, plan: Plan) -> dict[str, Any]:
+    """The job.json document the trainer reads (kind TrainerConfig).
+
+    ``spec`` is the FineTuneJob spec with every default filled in, the method
+    resolved (never ``auto``) and the storage endpoint/bucket set.
+    """
+    spec = job.spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    spec["method"] = plan.method
+    spec["storage"]["endpoint"] = plan.endpoint
+    spec["storage"]["bucket"] = plan.bucket
+    spec["export"] = {"formats": list(job.spec.export_formats(plan.method))}
+    estimate = plan.estimate_doc()
+    if plan.shape is not None:
+        estimate["modelShape"] = shape_to_dict(plan.shape)
+    return {
+        "apiVersion": contract.TRAINER_CONFIG_API_VERSION,
+        "kind": contract.TRAINER_CONFIG_KIND,
+        "job": {"name": job.name, "namespace": job.namespace, "uid": job.uid},
+        "attempt": plan.attempt,
+        "spec": spec,
+        "placement": {
+            "gpuProduct": plan.gpu_product,
+            "gpuMemoryBytes": plan.gpu_memory_bytes,
+            "gpuCount": plan.gpu_count,
+        },
+        "estimate": estimate,
+    }
+
+
+def get_config_map(job: FineTuneJob, plan: Plan) -> client.V1ConfigMap:
+    """ConfigMap ``<job>-config`` with key job.json."""
+    doc = trainer_config(job, plan)
+    return client.V1ConfigMap(
+        metadata=_meta(job, config_map_name(job)),
+        data={contract.TRAINER_CONFIG_FILE: json.dumps(doc, indent=2, sort_keys=True)},
+    )
+
+
+def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
+    secret = job.spec.storage.credentials_secret
+
+    def from_secret(name: str, key: str, optional: bool = False) -> client.V1EnvVar:
+        return client.V1EnvVar(
+            name=name,
+            value_from=client.V1EnvVarSource(
+                secret_key_ref=client.V1SecretKeySelector(name=secret, key=key, optional=optional or None)
+            ),
+        )
+
+    env = [
+        client.V1EnvVar(
+            name=contract.ENV_JOB_CONFIG,
+            value=f"{contract.TRAINER_CONFIG_DIR}/{contract.TRAINER_CONFIG_FILE}",
+        ),
+        client.V1EnvVar(name=contract.ENV_JOB_NAME, value=job.name),
+        client.V1EnvVar(name=contract.ENV_JOB_NAMESPACE, value=job.namespace),
+        client.V1EnvVar(name=contract.ENV_METRICS_PORT, value=str(contract.METRICS_PORT)),
+        client.V1EnvVar(name=contract.ENV_WORKDIR, value=plan.settings.workdir),
+        from_secret(contract.ENV_S3_ACCESS_KEY, contract.SECRET_ACCESS_KEY),
+        from_secret(contract.ENV_S3_SECRET_KEY, contract.SECRET_SECRET_KEY),
+    ]
+    if plan.has_hf_token:
+        env.append(from_secret(contract.ENV_HF_TOKEN, contract.SECRET_HF_TOKEN, optional=True))
+    return env
+
+
+def _affinity(plan: Plan) -> client.V1Affinity:
+    return client.V1Affinity(
+        node_affinity=client.V1NodeAffinity(
+            required_during_scheduling_ignored_during_execution=client.V1NodeSelector(
+                node_selector_terms=[
+                    client.V1NodeSelectorTerm(
+                        match_expressions=[
+                            client.V1NodeSelectorRequirement(
+                                key=contract.LABEL_GPU_PRODUCT, operator="In", values=[plan.gpu_product]
+                            ),
+                            client.V1NodeSelectorRequirement(
+                                key=contract.LABEL_GPU_PRESENT, operator="In", values=["true"]
+                            ),
+                        ]
+                    )
+                ]
+            )
+        )
+    )
+
+
+def _tolerations(job: FineTuneJob) -> list[client.V1Toleration]:
+    out = [
+        client.V1Toleration(key=contract.GPU_TAINT_KEY, operator="Exists", effect=contract.GPU_TAINT_EFFECT)
+    ]
+    for t in job.spec.resources.tolerations:
+        out.append(
+            client.V1Toleration(
+                key=t.key,
+                operator=t.operator,
+                value=t.value,
+                effect=t.effect,
+                toleration_seconds=t.toleration_seconds,
+            )
+        )
+    return out
+
+
+def get_pod(job: FineTuneJob, plan: Plan) -> client.V1Pod:
+    """The trainer pod of ``plan.attempt``: pinned to the chosen GPU class, non-root, own SA only."""
+    res = job.spec.resources
+    gpu = str(res.gpus)
+    limits: dict[str, str] = {contract.RESOURCE_GPU: gpu}
+    requests: dict[str, str] = {contract.RESOURCE_GPU: gpu}
+    if res.cpu is not None:
+        requests["cpu"] = str(res.cpu)
+    if res.memory is not None:
+        requests["memory"] = limits["memory"] = str(res.memory)
+    uid = plan.settings.trainer_run_as_user
+    container = client.V1Container(
+        name=contract.TRAINER_CONTAINER,
+        image=plan.settings.trainer_image,
+        image_pull_policy=plan.settings.trainer_image_pull_policy,
+        command=list(plan.settings.trainer_command),
+        env=_env(job, plan),
+        ports=[client.V1ContainerPort(name=contract.METRICS_PORT_NAME, container_port=contract.METRICS_PORT)],
+        resources=client.V1ResourceRequirements(limits=limits, requests=requests),
+        volume_mounts=[
+            client.V1VolumeMount(name=CONFIG_VOLUME, mount_path=contract.TRAINER_CONFIG_DIR, read_only=True),
+            client.V1VolumeMount(name=WORK_VOLUME, mount_path=plan.settings.workdir),
+            client.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"),
+        ],
+        termination_message_path=contract.TERMINATION_LOG,
+        termination_message_policy="FallbackToLogsOnError",
+        security_context=client.V1SecurityContext(
+            allow_privilege_escalation=False,
+            run_as_non_root=True,
+            run_as_user=uid,
+            capabilities=client.V1Capabilities(drop=["ALL"]),
+        ),
+    )
+    pod_labels = {
+        contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER,
+        LABEL_ATTEMPT: str(plan.attempt),
+    }
+    return client.V1Pod(
+        metadata=_meta(job, pod_name(job, plan.attempt), pod_labels),
+        spec=client.V1PodSpec(
+            containers=[container],
+            restart_policy="Never",  # retries are the operator's (backoff, exit-code policy, restarts count)
+            service_account_name=trainer_name(job),
+            automount_service_account_token=True,  # the trainer patches its job's status with it
+            enable_service_links=False,
+            affinity=_affinity(plan),
+            tolerations=_tolerations(job),
+            node_selector=dict(res.node_selector) or None,
+            priority_class_name=res.priority_class_name,
+            termination_grace_period_seconds=120,  # room for the final checkpoint on SIGTERM
+            security_context=client.V1PodSecurityContext(
+                run_as_non_root=True,
+                run_as_user=uid,
+                run_as_group=uid,
+                fs_group=uid,
+                seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+            volumes=[
+                client.V1Volume(
+                    name=CONFIG_VOLUME,
+                    config_map=client.V1ConfigMapVolumeSource(name=config_map_name(job)),
+                ),
+                client.V1Volume(name=WORK_VOLUME, empty_dir=client.V1EmptyDirVolumeSource()),
+                client.V1Volume(
+                    name=SHM_VOLUME,
+                    empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit="2Gi"),
+                ),
+            ],
+        ),
+    )

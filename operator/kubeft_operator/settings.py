@@ -1,0 +1,61 @@
+"""Operator settings: typed, read from KUBEFT_* environment variables once at startup."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PREFIX = "KUBEFT_"
+
+
+class Settings(BaseModel):
+    """Every knob of the operator; the field ``trainer_image`` is set by ``KUBEFT_TRAINER_IMAGE``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trainer_image: str = "ghcr.io/kubeft/trainer:0.1.0"
+    trainer_image_pull_policy: str = "IfNotPresent"
+    # the trainer container's command (space-separated); the image's kubeft-trainer unless debugging
+    trainer_command: tuple[str, ...] = ("kubeft-trainer",)
+    default_storage_endpoint: str = "http://minio.minio:9000"
+    default_bucket: str = "kubeft"
+    # namespaces to watch; empty means all (cluster-wide)
+    namespaces: tuple[str, ...] = ()
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    # required GPU memory = estimate × (1 + margin)
+    memory_margin: float = Field(default=0.10, ge=0)
+    # exponential backoff between attempts: base × 2^(restarts-1), capped
+    backoff_base_seconds: float = Field(default=10.0, ge=0)
+    backoff_max_seconds: float = Field(default=300.0, ge=0)
+    # whether the trainer image computes the loss with a fused linear cross-entropy
+    # (no logits buffer); the placement estimate must match what the trainer does
+    trainer_fused_cross_entropy: bool = False
+    metrics_port: int = Field(default=8080, ge=0, le=65535)  # 0: no /metrics server
+    liveness_port: int = Field(default=8081, ge=0, le=65535)  # 0: no /healthz endpoint
+    model_config_timeout_seconds: float = Field(default=10.0, gt=0)
+    hf_endpoint: str = "https://huggingface.co"
+    trainer_run_as_user: int = 1000
+    workdir: str = "/var/lib/kubeft"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Reads ``KUBEFT_<FIELD>`` variables; lists are comma-separated. Raises ValueError on bad values."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = env.get(PREFIX + name.upper())
+            if raw is None:
+                continue
+            if name == "namespaces":
+                values[name] = tuple(n.strip() for n in raw.split(",") if n.strip())
+            elif name == "trainer_command":
+                values[name] = tuple(shlex.split(raw))
+            else:
+                values[name] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ValueError(f"bad {PREFIX}* setting: {exc}") from exc

@@ -1,0 +1,145 @@
+"""The VRAM estimator against breakdowns computed by hand from the published config.json shapes.
+
+Parameter counts are checked against the models' published sizes (1.24B, 7.62B, 7.25B, 2.61B);
+every byte figure below is worked out in the comment beside it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import pytest
+
+from kubeft import estimate as est
+from kubeft import estimate_cli
+
+LLAMA_1B = est.known_shape("llama-3.2-1b")
+QWEN_7B = est.known_shape("qwen2.5-7b")
+MISTRAL_7B = est.known_shape("mistral-7b-v0.3")
+GEMMA_2B = est.known_shape("gemma-2-2b")
+
+
+def test_parameter_counts_match_the_published_model_sizes() -> None:
+    # Llama-3.2-1B: 16 × 60,817,408 linear + 16 × 4,096 norms + 2,048 final norm + 262,668,288 tied embeddings
+    assert LLAMA_1B.total_params == 1_235_814_400
+    # Qwen2.5-7B: 28 × 233,046,016 linear + 28 × (7,168 norms + 4,608 qkv bias) + 3,584 + 2 × 544,997,376
+    assert QWEN_7B.total_params == 7_615_616_512
+    # Mistral-7B-v0.3: 32 × 218,103,808 + 32 × 8,192 + 4,096 + 2 × 134,217,728
+    assert MISTRAL_7B.total_params == 7_248_023_552
+    # Gemma-2-2b (head_dim 256 ≠ hidden/heads): 26 × 77,856,768 + 26 × 4,608 + 2,304 + 589,824,000 tied
+    assert GEMMA_2B.total_params == 2_614_222_080
+
+
+def test_llama_1b_qlora_breakdown() -> None:
+    e = est.estimate(LLAMA_1B, est.Setup(method="qlora", micro_batch=2, seq_len=2048))
+    # NF4 linears 973,078,528 × 0.516 + bf16 embeddings 262,668,288 × 2 + bf16 norms 67,584 × 2
+    assert e.weights == 1_027_580_265
+    # r=16 on all 7 linears: 16 layers × 16 × (4,096 + 2,560 + 2,560 + 4,096 + 3 × 10,240) = 11,272,192 params
+    assert e.trainable_params == 11_272_192
+    assert e.adapters == 11_272_192 * 4  # fp32 A/B
+    assert e.gradients == 11_272_192 * 4
+    assert e.optimizer == 11_272_192 * 2  # adamw_8bit: two 1-byte moments
+    # 4,096 tokens × (16 layers × 2 × 2,048 checkpointed inputs + one layer's a = 116,736 bytes)
+    assert e.activations == 4_096 * (65_536 + 116_736)
+    # 4,096 tokens × 128,256 vocab × 16 bytes (bf16 logits, fp32 upcast, log-softmax, gradient)
+    assert e.logits == 8_405_385_216
+    allocated = (
+        1_027_580_264.4 + 11_272_192 * 10 + 746_586_112 + 8_405_385_216 + 2 * 16_777_216 * 2  # + dequant
+    )
+    assert e.overhead == pytest.approx(800 * 2**20 + 67_108_864 + 0.10 * allocated, abs=2)
+    assert e.total == sum(e.breakdown().values())
+
+
+def test_qwen2_7b_lora_weights_are_bf16_of_every_parameter() -> None:
+    e = est.estimate(QWEN_7B, est.Setup(method="lora", lora_r=8))
+    assert e.weights == 2 * 7_615_616_512
+    # r=8: 28 × 8 × (7,168 + 4,096 + 4,096 + 7,168 + 3 × 22,528)
+    assert e.trainable_params == 28 * 8 * (7_168 + 4_096 + 4_096 + 7_168 + 3 * 22_528)
+
+
+def test_mistral_full_finetune_keeps_bf16_weights_grads_and_optimizer_states() -> None:
+    e = est.estimate(MISTRAL_7B, est.Setup(method="full", optimizer="adamw_torch"))
+    n = 7_248_023_552
+    assert (e.weights, e.gradients, e.optimizer, e.adapters) == (2 * n, 2 * n, 4 * n, 0)
+    assert e.trainable_params == n
+
+
+def test_gemma_lora_on_attention_only_counts_the_wider_query_projection() -> None:
+    e = est.estimate(GEMMA_2B, est.Setup(method="lora", lora_r=8, lora_targets=("attention",)))
+    # q: 2,304 → 2,048 (8 heads × 256), k/v: 2,304 → 1,024, o: 2,048 → 2,304
+    assert e.trainable_params == 26 * 8 * (4_352 + 3_328 + 3_328 + 4_352)
+
+
+def test_memory_knobs_move_the_terms_they_should() -> None:
+    base = est.Setup(method="qlora", micro_batch=2, seq_len=2048)
+    ref = est.estimate(LLAMA_1B, base)
+    no_ckpt = est.estimate(
+        LLAMA_1B, est.lean(base).__class__(**{**base.__dict__, "gradient_checkpointing": False})
+    )
+    assert no_ckpt.activations == 4_096 * 16 * 116_736  # every layer keeps its activations
+    padded = est.estimate(LLAMA_1B, replace(base, padding_free=False))
+    assert padded.activations - ref.activations == 2 * 2048 * 2048 * 2  # the 4D attention mask
+    fused = est.estimate(LLAMA_1B, replace(base, fused_cross_entropy=True))
+    assert fused.logits == 0
+    dropout = est.estimate(LLAMA_1B, replace(base, lora_dropout=0.05))
+    assert dropout.activations - ref.activations == 4_096 * 3 * (6 * 2048 + 8192)
+    bigger = est.estimate(LLAMA_1B, replace(base, lora_r=64, optimizer="adamw_torch"))
+    assert bigger.optimizer == 4 * 11_272_192 * 8
+
+
+def test_profiles_lean_is_smallest_and_fast_trades_memory_for_speed() -> None:
+    p = est.estimate_profiles(est.known_shape("llama-3.1-8b"), est.Setup(method="qlora"))
+    assert p["lean"].total < p["configured"].total
+    assert p["lean"].total < p["fast"].total
+    assert p["lean"].logits == p["fast"].logits == 0
+
+
+def test_constants_are_one_replaceable_dataclass() -> None:
+    fitted = est.Constants(cuda_context_bytes=0, allocator_fraction=0.0)
+    e = est.estimate(LLAMA_1B, est.Setup(), constants=fitted)
+    assert e.overhead == 2 * 16_777_216 * 2  # only the QLoRA dequantisation workspace is left
+
+
+def test_config_json_with_nested_text_config_and_missing_fields() -> None:
+    nested = {"model_type": "gemma3", "text_config": est.KNOWN_SHAPES["gemma-2-2b"]}
+    assert est.ModelShape.from_config(nested).total_params == 2_614_222_080
+    with pytest.raises(est.EstimateError, match="intermediate_size"):
+        est.ModelShape.from_config({"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                    "vocab_size": 10})  # fmt: skip
+    with pytest.raises(est.EstimateError, match="mixture-of-experts"):
+        est.ModelShape.from_config({**est.KNOWN_SHAPES["mistral-7b-v0.3"], "num_local_experts": 8})
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    from kubeft.cli import build_parser
+
+    args = build_parser().parse_args(["estimate", *argv])
+    out = io.StringIO()
+    return estimate_cli.run(args, out), out.getvalue()
+
+
+def test_cli_prints_json_breakdown_for_a_known_shape() -> None:
+    code, out = _cli("llama-3.2-1b", "--method", "qlora", "-o", "json")
+    doc = json.loads(out)
+    assert code == 0
+    assert doc["breakdown"]["logits"] == 8_405_385_216
+    assert doc["estimatedBytes"] == sum(doc["breakdown"].values())
+    assert "NVIDIA-L4" in doc["fitsGpus"]
+
+
+def test_cli_reads_a_config_json_file_and_prints_a_table(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "config.json"
+    path.write_text(json.dumps(est.KNOWN_SHAPES["qwen2.5-7b"]))
+    code, out = _cli(str(path.parent), "--method", "lora", "--profile", "lean")
+    assert code == 0
+    assert "weights" in out and "total" in out and "7.62B params" in out
+
+
+def test_cli_rejects_unknown_model_with_exit_code_2() -> None:
+    code, out = _cli("no-such-model")
+    assert code == 2
+    assert out == ""

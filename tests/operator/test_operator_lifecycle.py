@@ -1,0 +1,259 @@
+"""The operator against the real local stack: placement, retries, suspend, restart, deletion, secrets.
+
+The trainer is tests/operator/fake_trainer.py, run by the stack's pod runner as the
+pod's process; its behaviour follows the job's name (fail-, oom-, bad-, ok-, else runs).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kubeft import contract
+from kubeft import estimate as est
+
+pytestmark = pytest.mark.stack
+
+
+def phase(jobs: Any, name: str) -> str:
+    return str((jobs.get(name).get("status") or {}).get("phase") or "")
+
+
+def job_pods(core_v1: Any, namespace: str, name: str) -> list[Any]:
+    items = core_v1.list_namespaced_pod(namespace, label_selector=f"{contract.LABEL_JOB}={name}").items
+    return sorted(items, key=lambda p: p.metadata.name)
+
+
+def events(core_v1: Any, namespace: str, name: str) -> list[Any]:
+    return [e for e in core_v1.list_namespaced_event(namespace).items if e.involved_object.name == name]
+
+
+@pytest.mark.parametrize(
+    ("shape", "method", "products"),
+    [
+        ("llama-3.2-1b", "qlora", {"NVIDIA-L4"}),
+        ("llama-3.1-8b", "lora", {"NVIDIA-A100-SXM4-40GB", "NVIDIA-H100-80GB-HBM3"}),
+    ],
+)
+def test_job_is_placed_on_the_smallest_fitting_gpu_class(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any, shape: str, method: str,
+    products: set[str],
+) -> None:  # fmt: skip
+    name = f"place-{method}"
+    with run_operator() as runner:
+        model = {"source": "s3://models/m/", "architecture": ftj.shape(shape)}
+        jobs.create(ftj.job_manifest(name, method=method, model=model))
+        ftj.wait_for(lambda: (jobs.get(name).get("status") or {}).get("gpu"), what="a placement")
+        status = jobs.get(name)["status"]
+        pods = ftj.wait_for(lambda: [p for p in job_pods(core_v1, jobs.ns, name) if p.spec.node_name],
+                            what="the trainer pod bound to a node")  # fmt: skip
+    assert runner.exception is None
+    assert status["gpu"]["product"] in products
+    assert status["vram"]["method"] == method and status["vram"]["estimatedBytes"] > 0
+    node = core_v1.read_node(pods[0].spec.node_name)
+    assert node.metadata.labels[contract.LABEL_GPU_PRODUCT] == status["gpu"]["product"]
+    assert len(pods) == 1
+    assert ftj.condition(jobs.get(name), "Schedulable")["reason"] == "GPUFits"
+
+
+def test_nothing_fits_stays_pending_with_a_clear_condition_and_no_pod(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+) -> None:
+    with run_operator() as runner:
+        model = {"source": "s3://models/m/", "architecture": ftj.shape("llama-3.1-70b")}
+        jobs.create(ftj.job_manifest("huge", method="full", model=model))
+        cond = ftj.wait_for(lambda: ftj.condition(jobs.get("huge"), "Schedulable"), what="Schedulable")
+    assert runner.exception is None
+    assert cond["status"] == "False" and cond["reason"] == "InsufficientGPUMemory"
+    assert "NVIDIA-H100-80GB-HBM3" in cond["message"] and "GiB" in cond["message"]
+    assert phase(jobs, "huge") == "Pending"
+    assert job_pods(core_v1, jobs.ns, "huge") == []
+
+
+def test_model_config_is_read_from_minio_and_an_unreadable_one_is_a_condition(
+    jobs: Any, credentials: Any, run_operator: Any, ftj: Any, stack: Any, minio_client: Any, bucket: str
+) -> None:
+    import io
+
+    raw = json.dumps(est.KNOWN_SHAPES["llama-3.2-1b"]).encode()
+    minio_client.put_object(bucket, "llama/config.json", io.BytesIO(raw), len(raw))
+    storage = {"credentialsSecret": "storage-creds", "endpoint": stack.minio_endpoint}
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("from-s3", model={"source": f"s3://{bucket}/llama/"}, storage=storage))
+        jobs.create(
+            ftj.job_manifest("no-config", model={"source": f"s3://{bucket}/missing/"}, storage=storage)
+        )
+        placed = ftj.wait_for(lambda: (jobs.get("from-s3").get("status") or {}).get("gpu"), what="placement")
+        invalid = ftj.wait_for(lambda: ftj.condition(jobs.get("no-config"), "Validated"), what="Validated")
+    assert runner.exception is None
+    assert placed["product"] == "NVIDIA-L4"
+    assert invalid["status"] == "False" and invalid["reason"] == "ModelConfigUnavailable"
+    assert f"s3://{bucket}/missing/config.json" in invalid["message"]
+
+
+def test_failed_pods_are_retried_with_backoff_then_the_job_fails_after_the_limit(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+) -> None:
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("fail-retry", backoffLimit=2))
+        ftj.wait_for(lambda: phase(jobs, "fail-retry") == "Failed", timeout=90, what="Failed")
+    assert runner.exception is None
+    status = jobs.get("fail-retry")["status"]
+    assert status["restarts"] == 2
+    cond = ftj.condition(jobs.get("fail-retry"), "Failed")
+    assert cond["reason"] == "BackoffLimitExceeded"
+    assert "simulated trainer crash" in cond["message"]
+    assert [p.metadata.name for p in job_pods(core_v1, jobs.ns, "fail-retry")] == [
+        "fail-retry-trainer-0", "fail-retry-trainer-1", "fail-retry-trainer-2",
+    ]  # fmt: skip
+    reasons = [e.reason for e in events(core_v1, jobs.ns, "fail-retry")]
+    assert reasons.count("PodFailed") == 2 and "BackoffLimitExceeded" in reasons
+
+
+def test_out_of_memory_failure_says_so_and_suggests_a_fix(
+    jobs: Any, credentials: Any, run_operator: Any, ftj: Any
+) -> None:
+    with run_operator():
+        jobs.create(ftj.job_manifest("oom-job", backoffLimit=0))
+        ftj.wait_for(lambda: phase(jobs, "oom-job") == "Failed", what="Failed")
+    cond = ftj.condition(jobs.get("oom-job"), "Failed")
+    assert cond["reason"] == "OOMKilled"
+    assert "CUDA out of memory" in cond["message"] and "smaller batchSize" in cond["message"]
+
+
+def test_invalid_input_is_not_retried_and_success_completes(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+) -> None:
+    with run_operator():
+        jobs.create(ftj.job_manifest("bad-input", backoffLimit=3))
+        jobs.create(ftj.job_manifest("ok-job"))
+        ftj.wait_for(lambda: phase(jobs, "bad-input") == "Failed", what="bad-input Failed")
+        ftj.wait_for(lambda: phase(jobs, "ok-job") == "Succeeded", what="ok-job Succeeded")
+    assert ftj.condition(jobs.get("bad-input"), "Failed")["reason"] == "InvalidInput"
+    assert len(job_pods(core_v1, jobs.ns, "bad-input")) == 1
+    assert (jobs.get("bad-input")["status"].get("restarts") or 0) == 0
+    ok = jobs.get("ok-job")["status"]
+    assert ok["completionTime"] and ftj.condition(jobs.get("ok-job"), "Succeeded")["status"] == "True"
+
+
+def test_operator_restart_mid_reconcile_never_makes_a_second_pod(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, custom_objects: Any, ftj: Any
+) -> None:
+    with run_operator():
+        jobs.create(ftj.job_manifest("restart"))
+        ftj.wait_for(lambda: job_pods(core_v1, jobs.ns, "restart"), what="the pod")
+        ftj.wait_for(lambda: (jobs.get("restart").get("status") or {}).get("pod"), what="status.pod")
+    # the operator died after creating the pod but before recording it
+    custom_objects.patch_namespaced_custom_object_status(
+        contract.GROUP, contract.VERSION, jobs.ns, contract.PLURAL, "restart",
+        [{"op": "remove", "path": "/status/pod"}, {"op": "remove", "path": "/status/podsCreated"},
+         {"op": "replace", "path": "/status/phase", "value": "Pending"}],
+        _content_type="application/json-patch+json",
+    )  # fmt: skip
+    with run_operator() as runner:
+        ftj.wait_for(lambda: (jobs.get("restart").get("status") or {}).get("pod"), what="adoption")
+        ftj.wait_for(lambda: phase(jobs, "restart") in ("Scheduling", "Initializing"), what="phase")
+    with run_operator():  # and a plain restart changes nothing
+        ftj.wait_for(lambda: phase(jobs, "restart") == "Initializing", what="Initializing")
+    assert runner.exception is None
+    assert [p.metadata.name for p in job_pods(core_v1, jobs.ns, "restart")] == ["restart-trainer-0"]
+    assert jobs.get("restart")["status"]["podsCreated"] == 1
+
+
+def test_suspend_stops_the_pod_and_resume_starts_a_new_one(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+) -> None:
+    def live() -> list[str]:
+        return [
+            p.metadata.name
+            for p in job_pods(core_v1, jobs.ns, "pausable")
+            if not p.metadata.deletion_timestamp
+        ]
+
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("pausable"))
+        ftj.wait_for(lambda: phase(jobs, "pausable") == "Initializing", what="Initializing")
+        jobs.patch("pausable", {"spec": {"suspend": True}})
+        ftj.wait_for(lambda: phase(jobs, "pausable") == "Suspended", what="Suspended")
+        ftj.wait_for(lambda: live() == [], what="the pod to be deleted")
+        assert ftj.condition(jobs.get("pausable"), "Suspended")["status"] == "True"
+        jobs.patch("pausable", {"spec": {"suspend": False}})
+        ftj.wait_for(lambda: live() == ["pausable-trainer-1"], what="a new pod")
+        ftj.wait_for(lambda: phase(jobs, "pausable") in ("Scheduling", "Initializing"), what="resumed phase")
+    assert runner.exception is None
+    assert ftj.condition(jobs.get("pausable"), "Suspended")["status"] == "False"
+    assert (jobs.get("pausable")["status"].get("restarts") or 0) == 0
+
+
+def test_deleting_the_job_deletes_everything_it_owns(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, api_client: Any, ftj: Any
+) -> None:
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    ns = jobs.ns
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("doomed"))
+        ftj.wait_for(lambda: job_pods(core_v1, ns, "doomed"), what="the pod")
+        assert core_v1.read_namespaced_config_map("doomed-config", ns)
+        assert rbac.read_namespaced_role("doomed-trainer", ns).rules[0].resource_names == ["doomed"]
+        jobs.delete("doomed")
+
+        def gone() -> bool:
+            try:
+                jobs.get("doomed")
+                return False
+            except ApiException as exc:
+                return exc.status == 404
+
+        ftj.wait_for(gone, what="the FineTuneJob to go")
+
+        def children_gone() -> bool:
+            leftovers = [
+                core_v1.list_namespaced_config_map(ns, label_selector=f"{contract.LABEL_JOB}=doomed").items,
+                core_v1.list_namespaced_service_account(
+                    ns, label_selector=f"{contract.LABEL_JOB}=doomed"
+                ).items,
+                rbac.list_namespaced_role(ns, label_selector=f"{contract.LABEL_JOB}=doomed").items,
+                rbac.list_namespaced_role_binding(ns, label_selector=f"{contract.LABEL_JOB}=doomed").items,
+                [p for p in job_pods(core_v1, ns, "doomed") if not p.metadata.deletion_timestamp],
+            ]
+            return not any(leftovers)
+
+        ftj.wait_for(children_gone, what="the garbage collector")
+    assert runner.exception is None
+
+
+def test_secret_values_never_appear_in_any_object_the_operator_writes(
+    jobs: Any, run_operator: Any, core_v1: Any, api_client: Any, ftj: Any
+) -> None:
+    ns = jobs.ns
+    values = {k: f"{k}-{uuid.uuid4().hex}" for k in ("accessKey", "secretKey", "hfToken")}
+    core_v1.create_namespaced_secret(ns, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="private"),
+        data={k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    ))  # fmt: skip
+    storage = {"credentialsSecret": "private"}
+    with run_operator():
+        jobs.create(ftj.job_manifest("secretive", storage=storage))
+        jobs.create(ftj.job_manifest("fail-secretive", storage=storage, backoffLimit=0))
+        ftj.wait_for(lambda: phase(jobs, "secretive") == "Initializing", what="Initializing")
+        ftj.wait_for(lambda: phase(jobs, "fail-secretive") == "Failed", what="Failed")
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    written = [
+        jobs.get("secretive"), jobs.get("fail-secretive"),
+        *core_v1.list_namespaced_config_map(ns).items, *core_v1.list_namespaced_pod(ns).items,
+        *core_v1.list_namespaced_event(ns).items, *core_v1.list_namespaced_service_account(ns).items,
+        *rbac.list_namespaced_role(ns).items, *rbac.list_namespaced_role_binding(ns).items,
+    ]  # fmt: skip
+    text = json.dumps(api_client.sanitize_for_serialization(written))
+    encoded = [base64.b64encode(v.encode()).decode() for v in values.values()]
+    assert "secretive" in text  # the scan sees the objects
+    for secret in [*values.values(), *encoded]:
+        assert secret not in text
+    env = {e.name: e for e in job_pods(core_v1, ns, "secretive")[0].spec.containers[0].env}
+    assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "private"

@@ -1,0 +1,343 @@
+"""Pure parts of the operator: spec parsing, placement, object builders and the lifecycle decisions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+from kubeft_operator import conditions as cond
+from kubeft_operator import placement as pl
+from kubeft_operator import resources
+from kubeft_operator.api import FineTuneJob
+from kubeft_operator.reconcile import Inputs, PodState, decide, needs_inputs
+from kubeft_operator.settings import Settings
+from kubernetes import client
+
+from kubeft import contract
+from kubeft import estimate as est
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
+SETTINGS = Settings(backoff_base_seconds=10, default_storage_endpoint="http://minio:9000")
+
+
+def node(name: str, product: str | None, mib: int | None, count: int, ready: bool = True) -> dict[str, Any]:
+    labels = {"kubernetes.io/hostname": name}
+    if product:
+        labels[contract.LABEL_GPU_PRODUCT] = product
+    if mib:
+        labels[contract.LABEL_GPU_MEMORY] = str(mib)
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {},
+        "status": {
+            "allocatable": {contract.RESOURCE_GPU: str(count)} if count else {},
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+CLUSTER = [
+    node("gpu-l4-0", "NVIDIA-L4", 23034, 1),
+    node("gpu-l4-1", "NVIDIA-L4", 23034, 1),
+    node("gpu-a100-0", "NVIDIA-A100-SXM4-40GB", 40960, 4),
+    node("gpu-h100-0", "NVIDIA-H100-80GB-HBM3", None, 8),  # memory label missing: from the table
+    node("cpu-0", None, None, 0),
+]
+
+
+def busy(node_name: str, gpus: int) -> dict[str, Any]:
+    return {
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"resources": {"limits": {contract.RESOURCE_GPU: gpus}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+def job(name: str = "j", status: dict[str, Any] | None = None, **spec: Any) -> FineTuneJob:
+    body = {
+        "metadata": {"name": name, "namespace": "ns", "uid": "uid-1", "generation": 1},
+        "spec": {
+            "model": {"source": "s3://models/llama/"},
+            "dataset": {"source": "s3://data/train.jsonl"},
+            "storage": {"credentialsSecret": "creds"},
+            **spec,
+        },
+        "status": status or {},
+    }
+    return FineTuneJob.from_body(body)
+
+
+def classes(pods: list[dict[str, Any]] | None = None) -> list[pl.GpuClass]:
+    return pl.gpu_classes(pl.gpu_nodes(CLUSTER, pods or []))
+
+
+def inputs(shape: str = "llama-3.2-1b", pods: list[dict[str, Any]] | None = None) -> Inputs:
+    return Inputs(classes=classes(pods), shape=est.known_shape(shape))
+
+
+# --- placement -------------------------------------------------------------------------
+def test_gpu_classes_come_from_labels_and_fill_missing_memory_from_the_table() -> None:
+    got = {(c.product, c.memory_bytes // 2**20, len(c.nodes)) for c in classes()}
+    assert got == {
+        ("NVIDIA-L4", 23034, 2),
+        ("NVIDIA-A100-SXM4-40GB", 40960, 1),
+        ("NVIDIA-H100-80GB-HBM3", 81559, 1),
+    }
+
+
+def test_not_ready_nodes_and_used_gpus_are_not_free() -> None:
+    nodes = [node("a", "NVIDIA-L4", 23034, 1, ready=False), node("b", "NVIDIA-L4", 23034, 2)]
+    got = pl.gpu_nodes(nodes, [busy("b", 1)])
+    assert [(n.name, n.free) for n in got] == [("b", 1)]
+
+
+@pytest.mark.parametrize(
+    ("shape", "method", "product"),
+    [
+        ("llama-3.2-1b", "qlora", "NVIDIA-L4"),
+        ("llama-3.1-8b", "qlora", "NVIDIA-L4"),
+        ("llama-3.1-8b", "lora", "NVIDIA-A100-SXM4-40GB"),
+        ("llama-3.1-70b", "qlora", "NVIDIA-H100-80GB-HBM3"),
+    ],
+)
+def test_smallest_fitting_gpu_class_is_chosen(shape: str, method: str, product: str) -> None:
+    d = decide(job(method=method), {}, inputs(shape), SETTINGS, NOW)
+    assert d.create is not None
+    assert d.create.gpu_product == product
+    assert d.status["gpu"]["product"] == product
+
+
+def test_busy_smallest_class_falls_back_to_a_larger_free_one_then_waits_when_all_are_busy() -> None:
+    l4_busy = [busy("gpu-l4-0", 1), busy("gpu-l4-1", 1)]
+    d = decide(job(), {}, inputs(pods=l4_busy), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_product == "NVIDIA-A100-SXM4-40GB"
+    all_busy = [*l4_busy, busy("gpu-a100-0", 4), busy("gpu-h100-0", 8)]
+    d = decide(job(), {}, inputs(pods=all_busy), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_product == "NVIDIA-L4"
+    assert d.placement is not None and d.placement.waiting
+
+
+def test_nothing_fits_keeps_the_job_pending_with_a_clear_condition_and_no_pod() -> None:
+    d = decide(job(method="full"), {}, inputs("llama-3.1-70b"), SETTINGS, NOW)
+    assert d.create is None
+    assert d.status["phase"] == "Pending"
+    c = cond.get_condition(d.status["conditions"], cond.SCHEDULABLE)
+    assert c is not None and c["status"] == "False" and c["reason"] == cond.INSUFFICIENT_GPU_MEMORY
+    assert "NVIDIA-H100-80GB-HBM3" in c["message"] and "GiB" in c["message"]
+
+
+def test_auto_picks_the_most_accurate_method_that_fits_and_says_why() -> None:
+    small = decide(job(method="auto"), {}, inputs("llama-3.2-1b"), SETTINGS, NOW)
+    assert small.create is not None and small.create.method == "full"
+    big = decide(job(method="auto"), {}, inputs("llama-3.1-70b"), SETTINGS, NOW)
+    assert big.create is not None and big.create.method == "qlora"
+    assert "method auto chose qlora" in big.status["vram"]["reason"]
+
+
+def test_gpu_products_node_selector_and_gpu_count_are_honoured() -> None:
+    d = decide(job(resources={"gpuProducts": ["NVIDIA-H100-80GB-HBM3"]}), {}, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_product == "NVIDIA-H100-80GB-HBM3"
+    d = decide(job(resources={"gpus": 2}), {}, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_product == "NVIDIA-A100-SXM4-40GB"
+    d = decide(
+        job(resources={"nodeSelector": {"kubernetes.io/hostname": "nope"}}), {}, inputs(), SETTINGS, NOW
+    )
+    assert d.create is None
+    assert cond.get_condition(d.status["conditions"], cond.SCHEDULABLE)["reason"] == cond.NO_GPU_NODES  # type: ignore[index]
+    d = decide(job(resources={"gpuMemory": "40Gi"}), {}, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_product == "NVIDIA-A100-SXM4-40GB"
+
+
+# --- builders --------------------------------------------------------------------------
+def _plan_and_job(**spec: Any) -> tuple[FineTuneJob, Any]:
+    j = job(**spec)
+    d = decide(j, {}, Inputs(classes=classes(), shape=est.known_shape("llama-3.2-1b"), has_hf_token=True),
+               SETTINGS, NOW)  # fmt: skip
+    assert d.create is not None
+    return j, d.create
+
+
+def test_trainer_pod_follows_the_contract() -> None:
+    j, plan = _plan_and_job(
+        resources={
+            "tolerations": [{"key": "team", "operator": "Equal", "value": "a", "effect": "NoSchedule"}],
+            "priorityClassName": "batch-low",
+            "nodeSelector": {"kubernetes.io/hostname": "gpu-l4-1"},
+        }
+    )
+    pod = resources.get_pod(j, plan)
+    c = pod.spec.containers[0]
+    assert pod.metadata.name == "j-trainer-0"
+    assert pod.metadata.labels[contract.LABEL_JOB] == "j"
+    assert pod.metadata.labels[contract.LABEL_COMPONENT] == contract.COMPONENT_TRAINER
+    assert pod.metadata.labels[contract.LABEL_MANAGED_BY] == contract.MANAGED_BY
+    assert pod.metadata.owner_references[0].controller is True
+    assert (c.name, c.command, c.args) == (contract.TRAINER_CONTAINER, ["kubeft-trainer"], None)
+    assert (
+        c.ports[0].container_port == contract.METRICS_PORT and c.ports[0].name == contract.METRICS_PORT_NAME
+    )
+    env = {e.name: e for e in c.env}
+    assert env[contract.ENV_JOB_CONFIG].value == "/etc/kubeft/job.json"
+    assert env[contract.ENV_S3_ACCESS_KEY].value_from.secret_key_ref.to_dict() == {
+        "name": "creds", "key": contract.SECRET_ACCESS_KEY, "optional": None,
+    }  # fmt: skip
+    assert env[contract.ENV_HF_TOKEN].value_from.secret_key_ref.key == contract.SECRET_HF_TOKEN
+    assert all(e.value_from is None or e.value_from.secret_key_ref is not None for e in c.env)
+    assert c.resources.limits[contract.RESOURCE_GPU] == "1"
+    terms = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    expr = {e.key: e.values for e in terms.node_selector_terms[0].match_expressions}
+    assert expr[contract.LABEL_GPU_PRODUCT] == ["NVIDIA-L4"]
+    assert {t.key for t in pod.spec.tolerations} == {contract.GPU_TAINT_KEY, "team"}
+    assert pod.spec.priority_class_name == "batch-low" and pod.spec.node_selector == {
+        "kubernetes.io/hostname": "gpu-l4-1"
+    }
+    assert pod.spec.security_context.run_as_non_root and not c.security_context.allow_privilege_escalation
+    assert pod.spec.service_account_name == "j-trainer" and pod.spec.restart_policy == "Never"
+
+
+def test_role_allows_only_get_and_patch_on_this_job() -> None:
+    j, plan = _plan_and_job()
+    rule = resources.get_role(j, plan).rules[0]
+    assert rule.resource_names == ["j"]
+    assert sorted(rule.verbs) == ["get", "patch"]
+    assert rule.resources == ["finetunejobs", "finetunejobs/status"]
+    rb = resources.get_role_binding(j, plan)
+    assert rb.subjects[0].name == resources.get_service_account(j, plan).metadata.name
+
+
+def test_job_json_has_the_spec_with_defaults_placement_and_estimate() -> None:
+    j, plan = _plan_and_job(method="auto")
+    cm = resources.get_config_map(j, plan)
+    doc = json.loads(cm.data[contract.TRAINER_CONFIG_FILE])
+    assert (doc["apiVersion"], doc["kind"]) == (contract.API_VERSION, contract.TRAINER_CONFIG_KIND)
+    assert doc["job"] == {"name": "j", "namespace": "ns", "uid": "uid-1"}
+    assert doc["spec"]["method"] == "full"  # auto resolved
+    assert doc["spec"]["hyperparameters"]["maxSeqLength"] == 2048
+    assert doc["spec"]["storage"]["endpoint"] == "http://minio:9000"
+    assert doc["spec"]["storage"]["bucket"] == "kubeft"
+    assert doc["spec"]["export"]["formats"] == ["merged-16bit"]
+    # full fine-tuning of 1B fits the smallest class too
+    assert doc["placement"] == {"gpuProduct": "NVIDIA-L4", "gpuMemoryBytes": 23034 * 2**20, "gpuCount": 1}
+    assert set(doc["estimate"]["breakdown"]) == set(est.BREAKDOWN_KEYS)
+    assert set(doc["estimate"]["profiles"]) == {"configured", "lean", "fast"}
+
+
+# --- lifecycle decisions -------------------------------------------------------------------
+RUNNING = {"phase": "Training", "pod": "j-trainer-0", "podsCreated": 1, "startTime": "2026-11-23T11:00:00Z"}
+
+
+def failed(exit_code: int, message: str = "boom", reason: str = "Error") -> dict[str, PodState]:
+    return {"j-trainer-0": PodState("j-trainer-0", "Failed", "n", exit_code=exit_code, reason=reason,
+                                    message=message)}  # fmt: skip
+
+
+def test_a_failed_pod_is_retried_with_exponential_backoff() -> None:
+    d = decide(job(status=dict(RUNNING)), failed(1), None, SETTINGS, NOW)
+    assert d.status["restarts"] == 1 and d.status["phase"] == "Pending"
+    assert d.status["nextRetryTime"] == "2026-11-23T12:00:10Z"
+    assert d.status["lastFailure"]["exitCode"] == 1
+    later = decide(job(status={**RUNNING, "restarts": 2}), failed(1), None, SETTINGS, NOW)
+    assert later.status["nextRetryTime"] == "2026-11-23T12:00:40Z"  # 10 s × 2^(3-1)
+
+
+def test_waiting_for_the_backoff_creates_nothing_and_a_new_pod_name_follows() -> None:
+    st = {"phase": "Pending", "restarts": 1, "podsCreated": 1, "nextRetryTime": "2026-11-23T12:00:10Z"}
+    assert not needs_inputs(job(status=st), {}, NOW)
+    assert decide(job(status=st), {}, None, SETTINGS, NOW).create is None
+    later = NOW + dt.timedelta(seconds=11)
+    assert needs_inputs(job(status=st), {}, later)
+    d = decide(job(status=st), {}, inputs(), SETTINGS, later)
+    assert d.create is not None and d.status["pod"] == "j-trainer-1"
+
+
+def test_backoff_limit_reached_fails_with_the_last_reason_and_an_oom_hint() -> None:
+    st = {**RUNNING, "restarts": 3}
+    d = decide(job(status=st), failed(137, "", "OOMKilled"), None, SETTINGS, NOW)
+    assert d.status["phase"] == "Failed"
+    c = cond.get_condition(d.status["conditions"], cond.FAILED)
+    assert c is not None and c["reason"] == cond.OOM_KILLED
+    assert "smaller batchSize" in c["message"] and "qlora" in c["message"]
+
+
+def test_invalid_input_exit_code_is_not_retried() -> None:
+    d = decide(job(status=dict(RUNNING)), failed(contract.EXIT_INVALID_INPUT, "no usable rows"), None,
+               SETTINGS, NOW)  # fmt: skip
+    assert d.status["phase"] == "Failed" and "restarts" not in d.status
+    assert cond.get_condition(d.status["conditions"], cond.FAILED)["reason"] == cond.INVALID_INPUT  # type: ignore[index]
+
+
+def test_a_vanished_pod_counts_as_a_failure() -> None:
+    d = decide(job(status=dict(RUNNING)), {}, None, SETTINGS, NOW)
+    assert d.status["restarts"] == 1
+    assert d.status["lastFailure"]["reason"] == cond.POD_LOST
+
+
+def test_operator_never_overwrites_the_trainers_phase() -> None:
+    pods = {"j-trainer-0": PodState("j-trainer-0", "Running", "n")}
+    d = decide(job(status=dict(RUNNING)), pods, None, SETTINGS, NOW)
+    assert "phase" not in d.status
+    assert not {"progress", "checkpoints", "artifacts", "metrics"} & set(d.status)
+
+
+def test_adopts_a_pod_created_before_a_crash_instead_of_creating_another() -> None:
+    pods = {"j-trainer-0": PodState("j-trainer-0", "Pending")}
+    assert not needs_inputs(job(), pods, NOW)
+    d = decide(job(), pods, None, SETTINGS, NOW)
+    assert d.create is None and d.status["pod"] == "j-trainer-0" and d.status["podsCreated"] == 1
+
+
+def test_suspend_deletes_the_pod_and_resume_creates_a_new_one() -> None:
+    pods = {"j-trainer-0": PodState("j-trainer-0", "Running", "n")}
+    d = decide(job(status=dict(RUNNING), suspend=True), pods, None, SETTINGS, NOW)
+    assert d.status["phase"] == "Suspended" and d.delete_pods == ["j-trainer-0"]
+    st = {**RUNNING, "phase": "Suspended", "pod": None}
+    terminating = {"j-trainer-0": PodState("j-trainer-0", "Running", "n", deleting=True)}
+    d = decide(job(status=st), terminating, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.status["pod"] == "j-trainer-1"
+    assert cond.get_condition(d.status["conditions"], cond.SUSPENDED)["status"] == "False"  # type: ignore[index]
+
+
+def test_deadline_and_ttl_behave_like_batch_jobs() -> None:
+    pods = {"j-trainer-0": PodState("j-trainer-0", "Running", "n")}
+    d = decide(job(status=dict(RUNNING), activeDeadlineSeconds=60), pods, None, SETTINGS, NOW)
+    assert d.status["phase"] == "Failed" and d.delete_pods == ["j-trainer-0"]
+    done = {"phase": "Succeeded", "completionTime": "2026-11-23T11:59:00Z"}
+    assert decide(job(status=done, ttlSecondsAfterFinished=30), {}, None, SETTINGS, NOW).delete_job
+    assert not decide(job(status=done, ttlSecondsAfterFinished=300), {}, None, SETTINGS, NOW).delete_job
+
+
+def test_unreadable_model_config_is_a_condition_not_a_crash() -> None:
+    bad = Inputs(
+        invalid_reason=cond.MODEL_CONFIG_UNAVAILABLE, invalid_message="cannot read s3://m/config.json"
+    )
+    d = decide(job(), {}, bad, SETTINGS, NOW)
+    c = cond.get_condition(d.status["conditions"], cond.VALIDATED)
+    assert c is not None and c["status"] == "False" and c["reason"] == cond.MODEL_CONFIG_UNAVAILABLE
+    assert d.create is None
+
+
+def test_condition_transition_time_moves_only_when_status_changes() -> None:
+    c1 = cond.set_condition([], "X", True, "A", "m", generation=1, now="t1")
+    c2 = cond.set_condition(c1, "X", True, "B", "m2", generation=2, now="t2")
+    c3 = cond.set_condition(c2, "X", False, "C", "m3", generation=2, now="t3")
+    assert [c[0]["lastTransitionTime"] for c in (c1, c2, c3)] == ["t1", "t1", "t3"]
+
+
+def test_settings_come_from_prefixed_environment_variables() -> None:
+    s = Settings.from_env({"KUBEFT_NAMESPACES": "a, b", "KUBEFT_MEMORY_MARGIN": "0.2",
+                           "KUBEFT_TRAINER_COMMAND": "python -m x"})  # fmt: skip
+    assert (
+        s.namespaces == ("a", "b") and s.memory_margin == 0.2 and s.trainer_command == ("python", "-m", "x")
+    )
+    with pytest.raises(ValueError, match="KUBEFT_"):
+        Settings.from_env({"KUBEFT_MEMORY_MARGIN": "lots"})
+
+
+def test_builders_return_kubernetes_models() -> None:
+    j, plan = _plan_and_job()
+    assert isinstance(resources.get_pod(j, plan), client.V1Pod)
+    assert isinstance(resources.get_config_map(j, plan), client.V1ConfigMap)
