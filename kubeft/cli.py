@@ -20,6 +20,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = (
     "kubeft.dev.cli",
     "kubeft.estimate_cli",
+    "kubeft_trainer.cli",
     "kubeft.demo",
 )
 

@@ -1,0 +1,195 @@
+"""Trainer callbacks: metrics and status per step, eval schedule, checkpoint upload, SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from kubeft_trainer.checkpoint import LOCAL_PREFIX, Uploader
+from kubeft_trainer.metrics import TrainerMetrics
+from kubeft_trainer.status import StatusReporter
+
+log = logging.getLogger(__name__)
+
+# Testing aid: seconds to sleep after each optimizer step, so that tests can kill a run mid-way
+# deterministically. Never set in production.
+ENV_DEBUG_STEP_DELAY = "KUBEFT_DEBUG_STEP_DELAY_SECONDS"
+
+
+class StopFlag:
+    """Set by SIGTERM (pod eviction/deletion); the training loop checkpoints and stops at the next step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        """Handles SIGTERM in the main thread (signals can only be installed there)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("received signal %d: saving a final checkpoint and stopping", signum)
+        self.signal = signum
+        self._event.set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+
+def _round(value: float, digits: int = 4) -> float:
+    return float(round(value, digits)) if math.isfinite(value) else 0.0
+
+
+class ProgressCallback(TrainerCallback):
+    """Per step: Prometheus gauges and the status progress; per eval: eval loss and perplexity."""
+
+    def __init__(self, metrics: TrainerMetrics, status: StatusReporter) -> None:
+        self.metrics = metrics
+        self.status = status
+        self.progress: dict[str, Any] = {}
+        self._last_log_time: float | None = None
+        self._last_tokens = 0
+        self._step_start: float | None = None
+        self._first_step: int | None = None
+        self.tokens_per_second = 0.0
+        self.delay = float(os.environ.get(ENV_DEBUG_STEP_DELAY, "0") or 0)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.metrics.set("total_steps", state.max_steps)
+        self.metrics.set("step", state.global_step)
+        self._last_log_time = time.monotonic()
+        self._last_tokens = state.num_input_tokens_seen
+        self._step_start = time.monotonic()
+        self._first_step = state.global_step
+        self.progress.update(step=state.global_step, totalSteps=state.max_steps)
+        self.status.update(progress=dict(self.progress))
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.delay:
+            time.sleep(self.delay)
+        step = state.global_step
+        self.metrics.set("step", step)
+        self.metrics.set("epoch", state.epoch or 0.0)
+        eta = self._eta(state)
+        self.metrics.set("eta_seconds", eta)
+        self.metrics.update_memory()
+        self.progress.update(
+            step=step, totalSteps=state.max_steps, epoch=_round(state.epoch or 0.0), etaSeconds=int(eta)
+        )
+        self.status.update(progress=dict(self.progress))
+
+    def _eta(self, state: TrainerState) -> float:
+        if self._step_start is None or self._first_step is None or state.global_step <= self._first_step:
+            return 0.0
+        per_step = (time.monotonic() - self._step_start) / (state.global_step - self._first_step)
+        return max(0.0, per_step * (state.max_steps - state.global_step))
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self.metrics.set("train_loss", logs["loss"])
+            self.progress["trainLoss"] = _round(logs["loss"])
+        if "learning_rate" in logs:
+            self.metrics.set("learning_rate", logs["learning_rate"])
+        if logs.get("grad_norm") is not None:
+            self.metrics.set("grad_norm", float(logs["grad_norm"]))
+        now = time.monotonic()
+        tokens = state.num_input_tokens_seen
+        if self._last_log_time is not None and tokens > self._last_tokens and now > self._last_log_time:
+            self.tokens_per_second = (tokens - self._last_tokens) / (now - self._last_log_time)
+            self.metrics.set("tokens_per_second", self.tokens_per_second)
+            self.metrics.inc("tokens", tokens - self._last_tokens)
+            self.progress["tokensPerSecond"] = _round(self.tokens_per_second, 1)
+        self._last_log_time, self._last_tokens = now, tokens
+        if "loss" in logs:
+            log.info(
+                "step %d/%d loss %.4f lr %.3g grad_norm %.3f tokens/s %.0f",
+                state.global_step,
+                state.max_steps,
+                logs["loss"],
+                logs.get("learning_rate", 0.0),
+                float(logs.get("grad_norm") or 0.0),
+                self.tokens_per_second,
+            )
+        self.status.update(progress=dict(self.progress))
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if metrics and "eval_loss" in metrics:
+            loss = float(metrics["eval_loss"])
+            self.metrics.set("eval_loss", loss)
+            self.metrics.set("eval_perplexity", perplexity(loss))
+            self.progress["evalLoss"] = _round(loss)
+            self.status.update(progress=dict(self.progress))
+            log.info("eval at step %d: loss %.4f perplexity %.3f", state.global_step, loss, perplexity(loss))
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped so a diverged run does not report inf."""
+    return math.exp(min(loss, 50.0))
+
+
+class EvalScheduleCallback(TrainerCallback):
+    """Evaluates every N steps during training; the final eval is the recipe's own (phase Evaluating)."""
+
+    def __init__(self, every_steps: int | None) -> None:
+        self.every = every_steps
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            control.should_evaluate = True
+
+
+class CheckpointCallback(TrainerCallback):
+    """Queues every checkpoint the Trainer saves for upload; turns SIGTERM into save-and-stop."""
+
+    def __init__(self, uploader: Uploader, stop: StopFlag) -> None:
+        self.uploader = uploader
+        self.stop = stop
+        self.stopped_early = False
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.stop.requested:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_early = True
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        local = Path(str(args.output_dir)) / f"{LOCAL_PREFIX}{state.global_step}"
+        self.uploader.submit(state.global_step, local)

@@ -1,0 +1,278 @@
+"""Checkpoints in object storage: upload in the background, manifest last, keep the newest K, resume.
+
+Layout under the job's bucket::
+
+    <namespace>/<job>/checkpoints/step-<N>/adapter_model.safetensors   (or model weights for full)
+                                          /optimizer.pt /scheduler.pt /rng_state.pth
+                                          /trainer_state.json /training_args.bin /tokenizer files
+                                          /manifest.json   ← written last
+
+The Trainer writes ``checkpoint-<N>/`` locally (transformers' format, so resuming is
+``trainer.train(resume_from_checkpoint=dir)`` and restores weights, optimizer, scheduler,
+RNG and the data position). An `Uploader` thread copies it to storage with retries while
+training goes on; only when every file is there does it write ``manifest.json`` (file list,
+sizes, sha256). A checkpoint without a manifest is never resumed from. After each complete
+upload the oldest complete checkpoints beyond ``keep`` are deleted (manifest first, so a
+half-deleted checkpoint is never taken for a complete one), and local copies older than
+the newest uploaded one are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubeft import contract
+from kubeft_trainer.errors import StorageError
+from kubeft_trainer.storage import ObjectStore, RetryPolicy, dir_files, retry
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "kubeft.io/checkpoint-v1"
+LOCAL_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+_STEP_DIR = re.compile(r"/checkpoints/step-(\d+)/")
+
+
+def checkpoints_root(namespace: str, job: str) -> str:
+    """Key prefix (with trailing slash) under which all step-N checkpoints live."""
+    return f"{contract.job_prefix(namespace, job)}/checkpoints/"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RemoteCheckpoint:
+    """A checkpoint found in storage."""
+
+    step: int
+    prefix: str  # key prefix, no trailing slash
+    complete: bool
+
+
+def list_checkpoints(store: ObjectStore, namespace: str, job: str) -> list[RemoteCheckpoint]:
+    """Every step-N checkpoint in storage, oldest first, with whether its manifest is there."""
+    root = checkpoints_root(namespace, job)
+    steps: dict[int, bool] = {}
+    for obj in store.list(root):
+        m = _STEP_DIR.search("/" + obj.key)
+        if m is None:
+            continue
+        step = int(m.group(1))
+        complete = obj.key.endswith("/" + contract.CHECKPOINT_MANIFEST)
+        steps[step] = steps.get(step, False) or complete
+    return [
+        RemoteCheckpoint(step, contract.checkpoint_prefix(namespace, job, step), complete)
+        for step, complete in sorted(steps.items())
+    ]
+
+
+def read_manifest(store: ObjectStore, prefix: str) -> dict[str, Any] | None:
+    raw = store.get_bytes(f"{prefix}/{contract.CHECKPOINT_MANIFEST}")
+    if raw is None:
+        return None
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
+
+
+def download_latest(
+    store: ObjectStore, namespace: str, job: str, output_dir: Path, policy: RetryPolicy
+) -> tuple[int, Path] | None:
+    """Downloads the newest complete checkpoint into output_dir/checkpoint-N; None when there is none.
+
+    Files are checked against the manifest (size and sha256); a checkpoint that does not match
+    is skipped for the next older one.
+    """
+    found = retry(lambda: list_checkpoints(store, namespace, job), "listing checkpoints", policy)
+    for ckpt in reversed([c for c in found if c.complete]):
+        manifest = retry(lambda c=ckpt: read_manifest(store, c.prefix), "reading manifest", policy)  # type: ignore[misc]
+        if manifest is None:
+            continue
+        dest = output_dir / f"{LOCAL_PREFIX}{ckpt.step}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        ok = True
+        for entry in manifest["files"]:
+            local = dest / entry["path"]
+            key = f"{ckpt.prefix}/{entry['path']}"
+            retry(lambda k=key, p=local: store.download_file(k, p), f"downloading {key}", policy)  # type: ignore[misc]
+            if local.stat().st_size != entry["bytes"] or sha256_file(local) != entry["sha256"]:
+                log.warning("checkpoint step-%d: %s does not match its manifest; skipping it", ckpt.step, key)
+                ok = False
+                break
+        if ok:
+            log.info("resuming from %s (step %d)", store.uri(ckpt.prefix + "/"), ckpt.step)
+            return ckpt.step, dest
+    return None
+
+
+@dataclass
+class UploadResult:
+    """A checkpoint that reached storage completely."""
+
+    step: int
+    uri: str
+    bytes: int
+    seconds: float
+
+
+class Uploader:
+    """Uploads local checkpoints in a background thread, one at a time, oldest first.
+
+    Retries forever while training goes on (storage may be away for a while); `flush`
+    waits for everything queued and raises StorageError if its deadline passes, leaving
+    the local copy in place.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        namespace: str,
+        job: str,
+        keep: int,
+        policy: RetryPolicy | None = None,
+        on_uploaded: Callable[[UploadResult], None] | None = None,
+        on_retry: Callable[[BaseException], None] | None = None,
+        extra_manifest: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.job = job
+        self.keep = keep
+        self.policy = policy or RetryPolicy()
+        self.on_uploaded = on_uploaded
+        self.on_retry = on_retry
+        self.extra_manifest = extra_manifest or {}
+        self.uploaded: list[UploadResult] = []
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[tuple[int, Path] | None] = queue.Queue()
+        self._abandon = False
+        self._thread = threading.Thread(target=self._run, name="checkpoint-uploader", daemon=True)
+        self._thread.start()
+
+    def submit(self, step: int, local_dir: Path) -> None:
+        """Queues the Trainer's checkpoint directory for `step`."""
+        log.info("checkpoint step-%d saved locally; queued for upload", step)
+        self._queue.put((step, local_dir))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                step, local_dir = item
+                try:
+                    self._upload(step, local_dir)
+                except Exception as exc:
+                    log.error("checkpoint step-%d was not uploaded: %s (kept at %s)", step, exc, local_dir)
+                    self.error = exc
+            finally:
+                self._queue.task_done()
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        return retry(fn, what, self.policy, on_retry=self.on_retry, should_stop=lambda: self._abandon)
+
+    def _upload(self, step: int, local_dir: Path) -> None:
+        t0 = time.monotonic()
+        prefix = contract.checkpoint_prefix(self.namespace, self.job, step)
+        # A previous run may have left a partial upload of this step: clear it, manifest first.
+        stale = self._call(lambda: self.store.list(prefix + "/"), f"listing {prefix}")
+        for obj in sorted(stale, key=lambda o: not o.key.endswith(contract.CHECKPOINT_MANIFEST)):
+            self._call(lambda k=obj.key: self.store.delete(k), f"deleting stale {obj.key}")  # type: ignore[misc]
+        files = []
+        total = 0
+        for rel in dir_files(local_dir):
+            path = local_dir / rel
+            key = f"{prefix}/{rel.as_posix()}"
+            size = path.stat().st_size
+            files.append({"path": rel.as_posix(), "bytes": size, "sha256": sha256_file(path)})
+            self._call(lambda p=path, k=key: self.store.upload_file(p, k), f"uploading {key}")  # type: ignore[misc]
+            total += size
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "step": step,
+            "namespace": self.namespace,
+            "job": self.job,
+            "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
+            "totalBytes": total,
+            "files": files,
+            **self.extra_manifest,
+        }
+        body = json.dumps(manifest, indent=2).encode()
+        manifest_key = f"{prefix}/{contract.CHECKPOINT_MANIFEST}"
+        self._call(lambda: self.store.put_bytes(manifest_key, body), f"writing {manifest_key}")
+        result = UploadResult(step, self.store.uri(prefix + "/"), total, time.monotonic() - t0)
+        self.uploaded.append(result)
+        log.info(
+            "checkpoint step-%d uploaded to %s (%d bytes, %.1fs)", step, result.uri, total, result.seconds
+        )
+        if self.on_uploaded is not None:
+            self.on_uploaded(result)
+        self._prune_remote()
+        self._prune_local(step, local_dir)
+
+    def _prune_remote(self) -> None:
+        found = self._call(
+            lambda: list_checkpoints(self.store, self.namespace, self.job), "listing checkpoints"
+        )
+        complete = [c for c in found if c.complete]
+        if not complete:
+            return
+        newest = complete[-1].step
+        doomed = [c for c in complete[: -self.keep]] + [
+            c for c in found if not c.complete and c.step < newest
+        ]
+        for ckpt in doomed:
+            objects = self._call(lambda c=ckpt: self.store.list(c.prefix + "/"), f"listing {ckpt.prefix}")  # type: ignore[misc]
+            for obj in sorted(objects, key=lambda o: not o.key.endswith(contract.CHECKPOINT_MANIFEST)):
+                self._call(lambda k=obj.key: self.store.delete(k), f"deleting {obj.key}")  # type: ignore[misc]
+            log.info("pruned checkpoint step-%d", ckpt.step)
+
+    @staticmethod
+    def _prune_local(step: int, local_dir: Path) -> None:
+        for other in local_dir.parent.glob(f"{LOCAL_PREFIX}*"):
+            suffix = other.name[len(LOCAL_PREFIX) :]
+            if suffix.isdigit() and int(suffix) < step:
+                shutil.rmtree(other, ignore_errors=True)
+
+    def pending(self) -> int:
+        return self._queue.unfinished_tasks
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits until every queued checkpoint is uploaded; StorageError on timeout or failure."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                self._abandon = True
+                raise StorageError(
+                    f"{self._queue.unfinished_tasks} checkpoint(s) not uploaded after {timeout:.0f}s; "
+                    "local copies are kept in the work directory"
+                )
+            time.sleep(0.1)
+        if self.error is not None:
+            raise StorageError(f"checkpoint upload failed: {self.error}")
+
+    def close(self) -> None:
+        """Stops the thread after the queue drains (call flush first to wait for uploads)."""
+        self._queue.put(None)
+        self._thread.join(timeout=5)

@@ -1,0 +1,39 @@
+"""Errors the trainer raises on purpose, each mapped to an exit code and a termination reason."""
+
+from __future__ import annotations
+
+import signal
+
+from kubeft import contract
+
+# 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: the pod was evicted or
+# deleted; a final checkpoint was written, so a retry resumes from it.
+EXIT_TERMINATED = 128 + int(signal.SIGTERM)
+EXIT_FAILED = 1
+
+
+class TrainerError(Exception):
+    """A failure with a plain message for the user; `reason` goes to the termination message."""
+
+    reason = "TrainingFailed"
+    exit_code = EXIT_FAILED
+
+
+class InvalidInputError(TrainerError):
+    """The job cannot succeed as configured (bad config, unreadable model, no usable rows): do not retry."""
+
+    reason = "InvalidInput"
+    exit_code = contract.EXIT_INVALID_INPUT
+
+
+class StorageError(TrainerError):
+    """Object storage could not be reached or refused a request after all retries."""
+
+    reason = "StorageUnavailable"
+
+
+class Terminated(TrainerError):
+    """SIGTERM arrived; the trainer saved what it could and stops."""
+
+    reason = "Terminated"
+    exit_code = EXIT_TERMINATED

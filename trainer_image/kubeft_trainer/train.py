@@ -1,0 +1,460 @@
+"""The training recipe: one story from config to exported artifacts.
+
+    setup()    storage, metrics server, status (Initializing), model + tokenizer + datasets,
+               the newest complete checkpoint to resume from, TRL's SFTTrainer
+    train()    status Training; SFT with checkpoints uploaded in the background;
+               SIGTERM → final checkpoint, then exit 143
+    evaluate() status Evaluating; loss/perplexity on the eval set, sample generations
+    export()   status Exporting; adapter and/or merged-16bit, uploaded under artifacts/
+    cleanup()  waits for uploads, final status, stops the metrics server
+
+TRL's SFTTrainer does the heavy lifting as its docs recommend: pre-tokenized rows with our
+labels, bfd packing (padding-free, position_ids reset per sample), its chunked LM head
+loss, LoRA through peft_config, and Liger's kernels on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from kubeft import contract
+from kubeft_trainer import data as data_mod
+from kubeft_trainer import export as export_mod
+from kubeft_trainer.callbacks import (
+    CheckpointCallback,
+    EvalScheduleCallback,
+    ProgressCallback,
+    StopFlag,
+    perplexity,
+)
+from kubeft_trainer.checkpoint import Uploader, UploadResult, download_latest
+from kubeft_trainer.config import TrainerConfig
+from kubeft_trainer.errors import InvalidInputError, Terminated, TrainerError
+from kubeft_trainer.metrics import TrainerMetrics
+from kubeft_trainer.model import (
+    Hardware,
+    detect_hardware,
+    liger_available,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    parameter_counts,
+    versions,
+)
+from kubeft_trainer.status import (
+    PHASE_EVALUATING,
+    PHASE_EXPORTING,
+    PHASE_INITIALIZING,
+    PHASE_TRAINING,
+    StatusReporter,
+    make_reporter,
+)
+from kubeft_trainer.storage import RetryPolicy, Storage
+
+log = logging.getLogger(__name__)
+
+BNB_OPTIMIZERS = frozenset({"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
+FINAL_UPLOAD_TIMEOUT_SECONDS = 1800.0
+GENERATION_MAX_NEW_TOKENS = 64
+
+
+class Recipe:
+    """One FineTuneJob run. Call setup(), train(), evaluate(), export(), cleanup() in order (or run())."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        status: StatusReporter | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.spec = cfg.spec
+        self.method = cfg.resolved_method
+        self.workdir = cfg.runtime.workdir
+        self.output_dir = self.workdir / "output"
+        self.stop = StopFlag()
+        self.metrics = TrainerMetrics.create(cfg.job.namespace, cfg.job.name)
+        self.status = status or make_reporter(
+            cfg.runtime.report_status, cfg.job.namespace, cfg.job.name, cfg.runtime.status_interval_seconds
+        )
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.storage = Storage(
+            self.spec.storage.endpoint, self.spec.storage.bucket, self.workdir / "storage", self.retry_policy
+        )
+        self.hw: Hardware = detect_hardware()
+        self.metrics_port: int | None = None
+        self.trainer: Any = None
+        self.tokenizer: Any = None
+        self.model_dir: Path | None = None
+        self.uploader: Uploader | None = None
+        self.resume_dir: Path | None = None
+        self.datasets: data_mod.Datasets | None = None
+        self.summary: dict[str, Any] = {}
+        self.artifacts: dict[str, str] = {}
+        self._t0 = time.monotonic()
+
+    # --- setup ------------------------------------------------------------------
+
+    def setup(self) -> None:
+        import datasets
+
+        datasets.disable_progress_bars()
+        self.stop.install()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.runtime.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.cfg.runtime.metrics_port)
+        self.status.update(phase=PHASE_INITIALIZING)
+        job = self.cfg.job
+        store = self.storage.job_store
+        self.model_dir = self.storage.fetch(
+            self.spec.model.source, self.workdir / "model", "spec.model.source"
+        )
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.datasets = self._load_datasets()
+        # malformed rows stay visible in the status for the whole run; a clean dataset clears old messages
+        self.status.update(message=self.datasets.report.summary() if self.datasets.report.malformed else "")
+        self.metrics.inc("dataset_rows_usable", self.datasets.report.usable)
+        self.metrics.inc("dataset_rows_malformed", self.datasets.report.malformed)
+        self._check_stop()
+        resumed = download_latest(store, job.namespace, job.name, self.output_dir, self.storage._bounded())
+        if resumed is not None:
+            step, self.resume_dir = resumed
+            self.status.update(
+                checkpoints={
+                    "latest": store.uri(contract.checkpoint_prefix(job.namespace, job.name, step) + "/"),
+                    "step": step,
+                }
+            )
+        self.uploader = Uploader(
+            store,
+            job.namespace,
+            job.name,
+            self.spec.checkpoints.keep,
+            self.retry_policy,
+            on_uploaded=self._on_checkpoint_uploaded,
+            on_retry=lambda exc: self.metrics.inc("checkpoint_upload_retries"),
+            extra_manifest={"method": self.method, "baseModel": self.spec.model.source},
+        )
+        model = load_model(self.model_dir, self.method, self.hw)
+        self.trainer = self._build_trainer(model)
+        self._banner()
+
+    def _load_datasets(self) -> data_mod.Datasets:
+        ds = self.spec.dataset
+        train_path = self.storage.fetch(ds.source, self.workdir / "data" / "train", "spec.dataset.source")
+        eval_path = None
+        if ds.eval is not None and ds.eval.source:
+            eval_path = self.storage.fetch(
+                ds.eval.source, self.workdir / "data" / "eval", "spec.dataset.eval.source"
+            )
+        template = data_mod.resolve_chat_template(
+            self.tokenizer, None if ds.chat_template == "auto" else ds.chat_template
+        )
+        self.tokenizer.chat_template = template
+        return data_mod.build_datasets(
+            train_path,
+            ds.source,
+            ds.format,
+            self.tokenizer,
+            template,
+            ds.train_on,
+            self.spec.hyperparameters.seed,
+            eval_split=ds.eval.split if ds.eval is not None else None,
+            eval_path=eval_path,
+            eval_source=ds.eval.source if ds.eval is not None else None,
+        )
+
+    def training_args(self) -> Any:
+        """TRL SFTConfig from the spec (also used by tests to check the mapping)."""
+        from trl import SFTConfig
+
+        hp = self.spec.hyperparameters
+        optim = hp.optimizer
+        if not self.hw.cuda and optim in BNB_OPTIMIZERS:
+            log.info("optimizer %s needs a GPU; using adamw_torch on CPU", optim)
+            optim = "adamw_torch"
+        use_liger = liger_available(self.hw)
+        return SFTConfig(
+            output_dir=str(self.output_dir),
+            per_device_train_batch_size=hp.batch_size,
+            per_device_eval_batch_size=hp.batch_size,
+            gradient_accumulation_steps=hp.gradient_accumulation,
+            num_train_epochs=hp.epochs,
+            max_steps=hp.max_steps if hp.max_steps is not None else -1,
+            learning_rate=hp.learning_rate,
+            lr_scheduler_type=hp.lr_scheduler,
+            warmup_steps=hp.warmup_ratio,
+            weight_decay=hp.weight_decay,
+            max_grad_norm=hp.max_grad_norm,
+            optim=optim,
+            seed=hp.seed,
+            data_seed=hp.seed,
+            bf16=self.hw.bf16,
+            fp16=self.hw.fp16,
+            use_cpu=not self.hw.cuda,
+            gradient_checkpointing=hp.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
+            max_length=hp.max_seq_length,
+            packing=hp.packing,
+            packing_strategy="bfd",
+            padding_free=hp.packing,
+            eval_packing=False,
+            use_liger_kernel=use_liger,
+            logging_steps=1,
+            logging_first_step=True,
+            save_strategy="steps",
+            save_steps=self.spec.checkpoints.every_steps,
+            save_total_limit=None,
+            eval_strategy="no",
+            include_num_input_tokens_seen="non_padding",
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataset_num_proc=None,
+            remove_unused_columns=True,
+        )
+
+    def _build_trainer(self, model: Any) -> Any:
+        from transformers import PrinterCallback
+        from trl import SFTTrainer
+
+        assert self.datasets is not None and self.uploader is not None
+        args = self.training_args()
+        callbacks = [
+            ProgressCallback(self.metrics, self.status),
+            EvalScheduleCallback(self.spec.eval_every_steps if self.datasets.eval is not None else None),
+            CheckpointCallback(self.uploader, self.stop),
+        ]
+        peft_config = None if self.method == "full" else lora_config(self.spec.hyperparameters.lora)
+        try:
+            trainer = SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=self.datasets.train,
+                eval_dataset=self.datasets.eval,
+                processing_class=self.tokenizer,
+                peft_config=peft_config,
+                callbacks=callbacks,
+            )
+        except ValueError as exc:  # e.g. target modules that the model does not have
+            raise InvalidInputError(f"cannot set up training: {exc}") from exc
+        # Our ProgressCallback logs each step; the Trainer's printer would repeat it as raw dicts.
+        trainer.remove_callback(PrinterCallback)
+        return trainer
+
+    def _banner(self) -> None:
+        trainable, total = parameter_counts(self.trainer.model)
+        vers = " ".join(f"{k}={v}" for k, v in versions().items())
+        gib = self.hw.memory_bytes / 2**30
+        log.info(
+            "kubeft trainer: job %s/%s method %s", self.cfg.job.namespace, self.cfg.job.name, self.method
+        )
+        log.info(
+            "device: %s %s (%.1f GiB), compute dtype %s", self.hw.device, self.hw.name, gib, self.hw.dtype
+        )
+        log.info("versions: %s", vers)
+        log.info(
+            "trainable params: %s of %s (%.3f%%)",
+            f"{trainable:,}",
+            f"{total:,}",
+            100.0 * trainable / max(total, 1),
+        )
+        args = self.trainer.args
+        log.info(
+            "packing %s (padding-free %s), liger %s, gradient checkpointing %s, optimizer %s, %d steps",
+            args.packing,
+            args.padding_free,
+            args.use_liger_kernel,
+            args.gradient_checkpointing,
+            args.optim,
+            self.trainer.args.max_steps if self.trainer.args.max_steps > 0 else -1,
+        )
+        self.summary["trainableParameters"] = trainable
+        self.summary["totalParameters"] = total
+
+    # --- train ------------------------------------------------------------------
+
+    def train(self) -> None:
+        self.status.update(phase=PHASE_TRAINING)
+        resume = str(self.resume_dir) if self.resume_dir is not None else None
+        result = self.trainer.train(resume_from_checkpoint=resume)
+        self.summary["trainLoss"] = round(float(result.training_loss), 6)
+        self.summary["trainRuntimeSeconds"] = round(float(result.metrics.get("train_runtime", 0.0)), 2)
+        self.summary["steps"] = int(self.trainer.state.global_step)
+        if self.stop.requested:
+            assert self.uploader is not None
+            log.warning("stopping after a final checkpoint at step %d", self.trainer.state.global_step)
+            self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT_SECONDS)
+            raise Terminated(
+                f"terminated by signal at step {self.trainer.state.global_step}; checkpoint saved"
+            )
+
+    def _on_checkpoint_uploaded(self, result: UploadResult) -> None:
+        self.metrics.upload_seconds.observe(result.seconds)
+        self.metrics.inc("checkpoint_upload_bytes", result.bytes)
+        self.metrics.inc("checkpoints")
+        self.status.update(checkpoints={"latest": result.uri, "step": result.step})
+
+    def _check_stop(self) -> None:
+        if self.stop.requested:
+            raise Terminated("terminated by signal before training started")
+
+    # --- evaluate ---------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        self._check_stop()
+        if self.trainer.eval_dataset is None and not self.spec.eval_prompts:
+            return
+        self.status.update(phase=PHASE_EVALUATING)
+        if self.trainer.eval_dataset is not None:
+            metrics = self.trainer.evaluate()
+            loss = float(metrics["eval_loss"])
+            self.summary["evalLoss"] = round(loss, 6)
+            self.summary["evalPerplexity"] = round(perplexity(loss), 4)
+        if self.spec.eval_prompts:
+            self._generate_samples()
+
+    def _generate_samples(self) -> None:
+        import torch
+
+        model = self.trainer.model
+        model.eval()
+        was_cache = model.config.use_cache
+        model.config.use_cache = True
+        out = self.workdir / "artifacts" / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "generations.jsonl"
+        with path.open("w") as f:
+            for prompt in self.spec.eval_prompts:
+                text = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                )
+                enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+                with torch.no_grad():
+                    ids = model.generate(
+                        **enc,
+                        max_new_tokens=GENERATION_MAX_NEW_TOKENS,
+                        do_sample=False,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                    )
+                completion = self.tokenizer.decode(
+                    ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True
+                )
+                f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
+        model.config.use_cache = was_cache
+        log.info("wrote %d sample generations to %s", len(self.spec.eval_prompts), path)
+
+    # --- export -----------------------------------------------------------------
+
+    def export(self) -> None:
+        self._check_stop()
+        job = self.cfg.job
+        store = self.storage.job_store
+        self.status.update(phase=PHASE_EXPORTING)
+        local = self.workdir / "artifacts"
+        formats = self.spec.export_formats
+        adapter_dir = None
+        if self.method != "full":
+            adapter_dir = export_mod.export_adapter(
+                self.trainer.model, self.tokenizer, local / export_mod.ADAPTER
+            )
+        if export_mod.MERGED in formats:
+            assert self.model_dir is not None
+            full_model = self.trainer.model if self.method == "full" else None
+            if self.method != "full":
+                self._release_trainer()
+            export_mod.export_merged(
+                self.model_dir,
+                self.method,
+                self.hw,
+                self.tokenizer,
+                local / export_mod.MERGED,
+                adapter_dir,
+                full_model,
+            )
+        for fmt in formats:
+            uri, _ = export_mod.upload_dir(
+                store,
+                local / fmt,
+                export_mod.artifact_prefix(job.namespace, job.name, fmt),
+                self.storage._bounded(),
+            )
+            key = "adapter" if fmt == export_mod.ADAPTER else "merged"
+            self.artifacts[key] = uri
+        if (local / "eval").exists():
+            uri, _ = export_mod.upload_dir(
+                store,
+                local / "eval",
+                export_mod.artifact_prefix(job.namespace, job.name, "eval"),
+                self.storage._bounded(),
+            )
+            self.artifacts["evalGenerations"] = uri + "generations.jsonl"
+        self.status.update(artifacts=self.artifacts)
+
+    def _release_trainer(self) -> None:
+        # The merged export loads a second copy of the base; free the training one first.
+        import gc
+
+        import torch
+
+        if self.trainer is not None:
+            self.trainer.model = None
+            self.trainer.model_wrapped = None
+            self.trainer.optimizer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # --- cleanup ----------------------------------------------------------------
+
+    def cleanup(self, succeeded: bool) -> None:
+        """Waits for checkpoint uploads (on success), sends the last status, stops the metrics server."""
+        try:
+            if self.uploader is not None:
+                if succeeded:
+                    self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT_SECONDS)
+                self.uploader.close()
+        finally:
+            if succeeded:
+                readings = self.metrics.update_memory()
+                self.summary["runtimeSeconds"] = round(time.monotonic() - self._t0, 1)
+                peak = readings.get("gpu_memory_peak_reserved_bytes")
+                if peak is not None:
+                    self.summary["peakMemoryReservedBytes"] = peak
+                self.status.update(metrics=_status_metrics(self.summary))
+                log.info("run summary: %s", json.dumps(self.summary))
+            self.status.close()
+            self.metrics.stop()
+            shutil.rmtree(self.workdir / "data", ignore_errors=True)
+
+    def run(self) -> None:
+        """setup → train → evaluate → export, with cleanup either way."""
+        ok = False
+        try:
+            self.setup()
+            self.train()
+            self.evaluate()
+            self.export()
+            ok = True
+        except Exception as exc:
+            self.status.update(message=failure_message(exc))
+            raise
+        finally:
+            self.cleanup(ok)
+
+
+def failure_message(exc: BaseException, limit: int = 1024) -> str:
+    """A one-paragraph message for status and the termination log."""
+    text = str(exc) if isinstance(exc, TrainerError) else f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _status_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    # status.metrics holds numbers only; keep them finite for JSON.
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and math.isfinite(v)}
