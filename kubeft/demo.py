@@ -1,29 +1,299 @@
-"""`kubeft demo`: the README's first command.
+"""`kubeft demo`: the README's first command, the whole product path on the local stack.
 
-Brings the local stack up (real control plane, kwok GPU nodes, MinIO, Prometheus) and
-shows the simulated GPU nodes the operator will place jobs on.
+1. brings the local stack up (real control plane, kwok GPU nodes, MinIO, Prometheus);
+2. builds a tiny model and a small dataset and uploads them to MinIO;
+3. installs the operator with the Helm chart (its pod is run by the local pod runner);
+4. applies examples/quickstart.yaml and shows phase, step and loss live until it ends;
+5. prints the artifacts in MinIO and the loss series from Prometheus, and writes a PNG
+   of the loss curve.
+
+Running it again starts the quickstart afresh (the old job and its objects are removed).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import subprocess
 import sys
+import time
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from kubeft import contract
+
+REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "demo"
+JOB = "quickstart"
+RELEASE_NAMESPACE = "kubeft-system"
+MODEL_BUCKET, MODEL_PREFIX = "models", "tiny-llama/"
+DATA_BUCKET, DATA_KEY = "datasets", "quickstart/train.jsonl"
+OUTPUT_BUCKET = "kubeft"
+SECRET = "minio-creds"
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("demo", help="bring the local stack up and run the quickstart FineTuneJob")
+    parser = sub.add_parser("demo", help="run the quickstart FineTuneJob end to end on the local stack")
+    parser.add_argument(
+        "--timeout", type=float, default=1200, help="seconds to wait for the job (default 1200)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("kubeft-demo-loss.png"), help="loss curve PNG")
     parser.set_defaults(func=run)
 
 
+def say(msg: str) -> None:
+    print(f"==> {msg}", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    from kubeft.dev import cli as dev_cli
     from kubeft.dev import stack
 
+    say("local stack")
     try:
-        stack.up()
+        info = stack.up()
     except stack.StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("local stack:", stack.versions_line())
-    return dev_cli._up(args)
+    print("    " + stack.versions_line())
+    api = _api(info)
+    say("model and dataset → MinIO")
+    upload_inputs(info)
+    say(f"namespace {NAMESPACE} with the storage Secret {SECRET}")
+    prepare_namespace(api, info)
+    say("operator (Helm chart charts/kubeft)")
+    install_operator(info)
+    say(f"FineTuneJob {NAMESPACE}/{JOB} (examples/quickstart.yaml)")
+    kubectl(info, "apply", "-n", NAMESPACE, "-f", str(REPO / "examples" / "quickstart.yaml"))
+    job = watch(api, args.timeout)
+    print()
+    print(kubectl(info, "get", "ftj", "-n", NAMESPACE, capture=True), end="")
+    if job is None or job.get("status", {}).get("phase") != "Succeeded":
+        status = (job or {}).get("status", {})
+        print(
+            f"error: the job did not succeed: phase {status.get('phase')}: {_last_message(status)}",
+            file=sys.stderr,
+        )
+        return 1
+    say("artifacts in MinIO")
+    show_artifacts(info, job)
+    say("loss from Prometheus")
+    created = job["metadata"]["creationTimestamp"]
+    series = loss_series(info, since=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+    plot(series, args.out)
+    print(f"    loss curve: {args.out.resolve()}")
+    return 0
+
+
+def _api(info: Any) -> Any:
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(info.kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def kubectl(info: Any, *args: str, capture: bool = False) -> str:
+    res = subprocess.run(
+        [str(info.bin_dir / "kubectl"), "--kubeconfig", str(info.kubeconfig), *args],
+        capture_output=capture,
+        text=True,
+        check=True,
+    )
+    return res.stdout if capture else ""
+
+
+def upload_inputs(info: Any) -> None:
+    """The tiny model (built once, cached) and the dataset, into MinIO buckets of their own."""
+    from kubeft.dev import stack, tinymodel
+
+    model_dir = stack.CACHE / "demo" / "tiny-llama"
+    if not (model_dir / "config.json").exists():
+        tinymodel.build_tiny_model(model_dir)
+    mc = info.minio_client()
+    for bucket in (MODEL_BUCKET, DATA_BUCKET, OUTPUT_BUCKET):
+        if not mc.bucket_exists(bucket):
+            mc.make_bucket(bucket)
+    for path in sorted(model_dir.iterdir()):
+        mc.fput_object(MODEL_BUCKET, MODEL_PREFIX + path.name, str(path))
+    data = tinymodel.write_jsonl(stack.CACHE / "demo" / "train.jsonl", tinymodel.rows("alpaca") * 8)
+    mc.fput_object(DATA_BUCKET, DATA_KEY, str(data))
+    print(
+        f"    s3://{MODEL_BUCKET}/{MODEL_PREFIX} ({len(list(model_dir.iterdir()))} files), "
+        f"s3://{DATA_BUCKET}/{DATA_KEY} ({len(data.read_text().splitlines())} rows, alpaca)"
+    )
+
+
+def install_operator(info: Any) -> None:
+    """`helm upgrade --install` of the chart; the local pod runner runs the operator's pod."""
+    helm = info.bin_dir / "helm"
+    if not helm.exists():
+        subprocess.run([str(REPO / "hack" / "build-binaries.sh"), "helm"], check=True)
+    values = {
+        "watchNamespaces": f"{{{NAMESPACE}}}",  # tests run releases of their own in their namespaces
+        "storage.endpoint": info.minio_endpoint,
+        "storage.bucket": OUTPUT_BUCKET,
+        "image.operator.repository": "kubeft/operator",
+        "image.trainer.repository": "kubeft/trainer",
+    }
+    sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    chart = str(REPO / "charts" / "kubeft")
+    subprocess.run(
+        [str(helm), "upgrade", "--install", "kubeft", chart, "--kubeconfig", str(info.kubeconfig),
+         "--namespace", RELEASE_NAMESPACE, "--create-namespace", *sets, "--wait", "--timeout", "3m"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    print(f"    release kubeft in {RELEASE_NAMESPACE}: operator ready")
+
+
+def prepare_namespace(api: Any, info: Any, namespace: str = NAMESPACE) -> None:
+    """The namespace and its storage Secret; a quickstart from an earlier run is removed first."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from kubeft.dev.kube import wait_for_service_account
+
+    core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    wait_for_service_account(api, namespace)
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=SECRET),
+        string_data={
+            contract.SECRET_ACCESS_KEY: info.minio_access_key,
+            contract.SECRET_SECRET_KEY: info.minio_secret_key,
+        },
+    )
+    try:
+        core.create_namespaced_secret(namespace, secret)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_secret(SECRET, namespace, secret)
+    try:
+        custom.delete_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, namespace, contract.PLURAL, JOB
+        )
+        print("    removing the quickstart of an earlier run")
+        while True:
+            custom.get_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL, JOB
+            )
+            time.sleep(0.5)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    mc = info.minio_client()
+    prefix = contract.job_prefix(namespace, JOB) + "/"
+    for obj in mc.list_objects(OUTPUT_BUCKET, prefix=prefix, recursive=True):
+        mc.remove_object(OUTPUT_BUCKET, obj.object_name)
+
+
+def _last_message(status: dict[str, Any]) -> str:
+    conds = status.get("conditions") or []
+    failed = [c for c in conds if c.get("status") == "True" and c.get("type") == "Failed"] or conds[-1:]
+    return failed[0].get("message", "") if failed else ""
+
+
+def watch(api: Any, timeout: float, namespace: str = NAMESPACE, name: str = JOB) -> dict[str, Any] | None:
+    """Prints a line whenever phase, step or loss change; returns the job once it has ended."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout
+    last = None
+    job: dict[str, Any] | None = None
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        job = custom.get_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
+        )
+        status = job.get("status", {})
+        phase = status.get("phase", "Pending")
+        p = status.get("progress") or {}
+        line = _progress_line(phase, status, p)
+        if line != last:
+            print(f"    [{time.monotonic() - start:5.0f}s] {line}", flush=True)
+            last = line
+        if phase in ("Succeeded", "Failed"):
+            return job
+        time.sleep(1)
+    print(f"error: the job did not end within {timeout:.0f}s", file=sys.stderr)
+    return job
+
+
+def _progress_line(phase: str, status: dict[str, Any], p: dict[str, Any]) -> str:
+    parts = [f"{phase:<12}"]
+    if phase in ("Pending", "Scheduling", "Initializing") and status.get("gpu"):
+        gpu = status["gpu"]
+        parts.append(f"on {status.get('node', '?')} ({gpu.get('product', '?')})")
+    if p.get("totalSteps"):
+        parts.append(f"step {p.get('step', 0)}/{p['totalSteps']}")
+    for key, label, fmt in (
+        ("trainLoss", "loss", "{:.3f}"),
+        ("evalLoss", "eval loss", "{:.3f}"),
+        ("tokensPerSecond", "tok/s", "{:.0f}"),
+        ("etaSeconds", "eta", "{:.0f}s"),
+    ):
+        if p.get(key) is not None:
+            parts.append(f"{label} {fmt.format(float(p[key]))}")
+    return "  ".join(parts)
+
+
+def show_artifacts(info: Any, job: dict[str, Any], namespace: str = NAMESPACE) -> None:
+    mc = info.minio_client()
+    prefix = contract.job_prefix(namespace, JOB) + "/"
+    for obj in mc.list_objects(OUTPUT_BUCKET, prefix=prefix, recursive=True):
+        if "/checkpoints/" in obj.object_name and not obj.object_name.endswith(contract.CHECKPOINT_MANIFEST):
+            continue
+        print(f"    s3://{OUTPUT_BUCKET}/{obj.object_name}  {obj.size:>10,d} B")
+    for key, uri in (job.get("status", {}).get("artifacts") or {}).items():
+        print(f"    status.artifacts.{key}: {uri}")
+
+
+def loss_series(
+    info: Any, namespace: str = NAMESPACE, name: str = JOB, since: float | None = None
+) -> list[tuple[float, float]]:
+    """kubeft_trainer_train_loss of a job since `since` (epoch seconds), as Prometheus stored it."""
+    import requests
+
+    now = time.time()
+    query = f'kubeft_trainer_train_loss{{namespace="{namespace}",job="{name}"}}'
+    r = requests.get(
+        f"{info.prometheus_url}/api/v1/query_range",
+        params={"query": query, "start": str(since or now - 3600), "end": str(now), "step": "2s"},
+        timeout=10,
+    )
+    r.raise_for_status()
+    result = r.json()["data"]["result"]
+    if not result:
+        print(f"    no series for {query}")
+        return []
+    values = [(float(t), float(v)) for t, v in result[-1]["values"]]
+    print(f"    {query}: {len(values)} samples, first {values[0][1]:.3f}, last {values[-1][1]:.3f}")
+    return values
+
+
+def plot(series: list[tuple[float, float]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if series:
+        t0 = series[0][0]
+        ax.plot([t - t0 for t, _ in series], [v for _, v in series], marker=".")
+    ax.set_xlabel("seconds since the first sample")
+    ax.set_ylabel("train loss")
+    ax.set_title(f"FineTuneJob {NAMESPACE}/{JOB}: kubeft_trainer_train_loss (from Prometheus)")
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    out.write_bytes(buf.getvalue())

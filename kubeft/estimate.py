@@ -259,6 +259,8 @@ class Setup:
     lora_targets: tuple[str, ...] = (ALL_LINEAR,)
     lora_dropout: float = 0.0
     double_quant: bool = True
+    # checkpointed layer inputs kept in pinned host memory (the trainer's lean profile on CUDA)
+    offload_activations: bool = False
 
     @property
     def tokens(self) -> int:
@@ -373,7 +375,10 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
 
     tokens = setup.tokens
     a = activation_bytes_per_token_per_layer(shape, setup, c)
-    if setup.gradient_checkpointing:
+    if setup.gradient_checkpointing and setup.offload_activations:
+        # layer inputs live in host memory; one layer at a time is recomputed on the GPU
+        activations = tokens * a
+    elif setup.gradient_checkpointing:
         # every layer's input is kept; one layer at a time is recomputed with its full activations
         activations = tokens * (n_layers * c.act_checkpoint_coeff * shape.hidden_size + a)
     else:

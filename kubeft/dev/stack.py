@@ -433,6 +433,8 @@ def _write_prometheus_config() -> Path:
             {
                 # one JSON file per target; tests, the demo and the pod runner drop them here
                 "job_name": "kubeft-targets",
+                # the trainer's series carry their own `job`/`namespace` labels (the FineTuneJob's)
+                "honor_labels": True,
                 "file_sd_configs": [{"files": [str(prom / "targets" / "*.json")], "refresh_interval": "2s"}],
             },
         ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import logging
 import os
 import uuid
@@ -187,6 +188,12 @@ class Kube:
                 _content_type="application/json-patch+json",
             )  # fmt: skip
         except ApiException as exc:
+            if exc.status in (409, 422) and "phase" in changes:
+                # the trainer moved the phase meanwhile: its phase stands, the other fields
+                # (gpu, vram, pod, podsCreated...) are still ours to record
+                rest = {k: v for k, v in changes.items() if k != "phase"}
+                self.patch_status(job, rest)
+                return False
             if exc.status in (404, 409, 422):
                 return False
             raise
@@ -241,6 +248,7 @@ def pod_state(pod: client.V1Pod) -> PodState:
         term = cs.state.terminated if cs.state else None
         if cs.name == contract.TRAINER_CONTAINER and term is not None:
             exit_code, reason, message = term.exit_code, term.reason, term.message
+            reason, message = _trainer_termination(reason, message)
     return PodState(
         name=pod.metadata.name,
         phase=status.phase or "Pending",
@@ -250,6 +258,20 @@ def pod_state(pod: client.V1Pod) -> PodState:
         reason=reason or status.reason,
         message=message or status.message,
     )
+
+
+def _trainer_termination(reason: str | None, message: str | None) -> tuple[str | None, str | None]:
+    """The trainer writes its termination message as JSON {reason, message}; a container
+    reason with meaning of its own (OOMKilled) wins over the trainer's."""
+    try:
+        doc = json.loads(message or "")
+    except ValueError:
+        return reason, message
+    if not isinstance(doc, dict):
+        return reason, message
+    if reason in (None, "", "Error"):
+        reason = doc.get("reason") or reason
+    return reason, doc.get("message") or message
 
 
 def utcnow() -> dt.datetime:

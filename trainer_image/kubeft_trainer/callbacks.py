@@ -76,7 +76,13 @@ class ProgressCallback(TrainerCallback):
         self._last_tokens = state.num_input_tokens_seen
         self._step_start = time.monotonic()
         self._first_step = state.global_step
-        self.progress.update(step=state.global_step, totalSteps=state.max_steps)
+        self.progress.update(
+            step=state.global_step,
+            totalSteps=state.max_steps,
+            display=f"{state.global_step}/{state.max_steps}",
+        )
+        if state.global_step:  # started from a checkpoint
+            self.progress["resumedFromStep"] = state.global_step
         self.status.update(progress=dict(self.progress))
 
     def on_step_end(
@@ -91,7 +97,11 @@ class ProgressCallback(TrainerCallback):
         self.metrics.set("eta_seconds", eta)
         self.metrics.update_memory()
         self.progress.update(
-            step=step, totalSteps=state.max_steps, epoch=_round(state.epoch or 0.0), etaSeconds=int(eta)
+            step=step,
+            totalSteps=state.max_steps,
+            display=f"{step}/{state.max_steps}",
+            epoch=_round(state.epoch or 0.0),
+            etaSeconds=int(eta),
         )
         self.status.update(progress=dict(self.progress))
 

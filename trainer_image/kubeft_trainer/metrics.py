@@ -39,6 +39,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "gpu_memory_peak_allocated_bytes": ("gauge", "Peak GPU memory allocated by tensors"),
     "gpu_memory_peak_reserved_bytes": ("gauge", "Peak GPU memory reserved by the caching allocator"),
     "process_resident_memory_bytes": ("gauge", "Resident memory of the trainer process"),
+    "profile_fast": ("gauge", "1 when the trainer runs its fast profile (no checkpointing), 0 when lean"),
+    "micro_batch_size": ("gauge", "Rows per micro-batch chosen by the profile"),
+    "gradient_accumulation_steps": ("gauge", "Micro-batches per optimizer step chosen by the profile"),
+    "gradient_checkpointing": ("gauge", "1 when gradient checkpointing is on"),
+    "activation_offloading": ("gauge", "1 when checkpointed activations are offloaded to host memory"),
+    "estimated_peak_bytes": ("gauge", "Peak GPU memory the estimator predicts for the chosen profile"),
     "eval_loss": ("gauge", "Loss on the evaluation set"),
     "eval_perplexity": ("gauge", "Perplexity on the evaluation set (exp of eval loss)"),
     "checkpoint_upload_bytes": ("counter", "Bytes of checkpoints uploaded"),
@@ -61,6 +67,8 @@ class TrainerMetrics:
     """The run's collectors, already labelled with its namespace and job."""
 
     registry: CollectorRegistry
+    labels: tuple[str, str]
+    # gauge families: a labelled series appears on its first value, so a loss is never exported as 0
     gauges: dict[str, Any]
     counters: dict[str, Any]
     upload_seconds: Any
@@ -73,9 +81,7 @@ class TrainerMetrics:
         counters: dict[str, Any] = {}
         for name, (kind, help_text) in METRICS.items():
             if kind == "gauge":
-                gauges[name] = Gauge(f"{PREFIX}_{name}", help_text, LABELS, registry=registry).labels(
-                    namespace, job
-                )
+                gauges[name] = Gauge(f"{PREFIX}_{name}", help_text, LABELS, registry=registry)
             else:
                 counters[name] = Counter(f"{PREFIX}_{name}", help_text, LABELS, registry=registry).labels(
                     namespace, job
@@ -87,7 +93,7 @@ class TrainerMetrics:
             buckets=UPLOAD_BUCKETS,
             registry=registry,
         ).labels(namespace, job)
-        return cls(registry, gauges, counters, upload)
+        return cls(registry, (namespace, job), gauges, counters, upload)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Starts the /metrics HTTP server in a daemon thread; returns the bound port (port 0 picks one)."""
@@ -103,7 +109,7 @@ class TrainerMetrics:
             self.server = None
 
     def set(self, name: str, value: float) -> None:
-        self.gauges[name].set(value)
+        self.gauges[name].labels(*self.labels).set(value)
 
     def inc(self, name: str, value: float = 1.0) -> None:
         self.counters[name].inc(value)

@@ -88,11 +88,19 @@ def quantization_config(hw: Hardware) -> Any:
     )
 
 
-def load_model(model_dir: Path, method: str, hw: Hardware) -> Any:
-    """The base model for `method` (qlora | lora | full) on `hw`."""
+def load_model(model_dir: Path, method: str, hw: Hardware, attn_implementation: str = "sdpa") -> Any:
+    """The base model for `method` (qlora | lora | full) on `hw`.
+
+    `attn_implementation`: ``sdpa``, or :data:`kubeft_trainer.attention.ATTN_IMPLEMENTATION` for
+    padding-free packed rows (registered here).
+    """
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": hw.dtype, "attn_implementation": "sdpa"}
+    from kubeft_trainer import attention
+
+    if attn_implementation == attention.ATTN_IMPLEMENTATION:
+        attention.register()
+    kwargs: dict[str, Any] = {"dtype": hw.dtype, "attn_implementation": attn_implementation}
     if method == "qlora":
         kwargs["quantization_config"] = quantization_config(hw)
     if hw.cuda:

@@ -1,8 +1,9 @@
 """Reports progress to the FineTuneJob's status subresource, only the fields the trainer owns.
 
 The trainer owns ``phase`` while its pod runs (Initializing, Training, Evaluating, Exporting),
-``progress``, ``checkpoints``, ``artifacts``, ``metrics`` and ``message``; the operator owns
-the rest (conditions, vram, gpu, node, pod, restarts) and the final phase.
+``progress`` (with ``progress.message`` for dataset warnings), ``checkpoints``, ``artifacts`` and
+``metrics``; the operator owns the rest (message, conditions, vram, gpu, node, pod, restarts) and the
+final phase. A failure reaches the operator through the termination message, not the status.
 
 Updates are merged locally and sent as one JSON merge patch at most every
 `interval` seconds by a background thread, so a thousand trainers cannot flood the API
@@ -28,7 +29,7 @@ PHASE_TRAINING = "Training"
 PHASE_EVALUATING = "Evaluating"
 PHASE_EXPORTING = "Exporting"
 TRAINER_PHASES = (PHASE_INITIALIZING, PHASE_TRAINING, PHASE_EVALUATING, PHASE_EXPORTING)
-OWNED_FIELDS = ("phase", "progress", "checkpoints", "artifacts", "metrics", "message")
+OWNED_FIELDS = ("phase", "progress", "checkpoints", "artifacts", "metrics")
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:

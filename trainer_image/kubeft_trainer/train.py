@@ -18,14 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from kubeft import contract
+from kubeft_trainer import attention
 from kubeft_trainer import data as data_mod
 from kubeft_trainer import export as export_mod
+from kubeft_trainer import profile as profile_mod
 from kubeft_trainer.callbacks import (
     CheckpointCallback,
     EvalScheduleCallback,
@@ -95,6 +98,7 @@ class Recipe:
         self.uploader: Uploader | None = None
         self.resume_dir: Path | None = None
         self.datasets: data_mod.Datasets | None = None
+        self.profile: profile_mod.Profile | None = None
         self.summary: dict[str, Any] = {}
         self.artifacts: dict[str, str] = {}
         self._t0 = time.monotonic()
@@ -118,7 +122,9 @@ class Recipe:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.datasets = self._load_datasets()
         # malformed rows stay visible in the status for the whole run; a clean dataset clears old messages
-        self.status.update(message=self.datasets.report.summary() if self.datasets.report.malformed else "")
+        self.status.update(
+            progress={"message": self.datasets.report.summary() if self.datasets.report.malformed else ""}
+        )
         self.metrics.inc("dataset_rows_usable", self.datasets.report.usable)
         self.metrics.inc("dataset_rows_malformed", self.datasets.report.malformed)
         self._check_stop()
@@ -141,7 +147,18 @@ class Recipe:
             on_retry=lambda exc: self.metrics.inc("checkpoint_upload_retries"),
             extra_manifest={"method": self.method, "baseModel": self.spec.model.source},
         )
-        model = load_model(self.model_dir, self.method, self.hw)
+        self.profile = profile_mod.choose(
+            self.spec,
+            self.method,
+            profile_mod.shape_of(self.model_dir),
+            self.hw.cuda,
+            self.hw.memory_bytes,
+            self.cfg.placement,
+            os.environ.get(profile_mod.ENV_PROFILE, "auto"),
+        )
+        # packed rows: each sample attends only to itself, without a (T×T) mask
+        attn = attention.ATTN_IMPLEMENTATION if self.spec.hyperparameters.packing else "sdpa"
+        model = load_model(self.model_dir, self.method, self.hw, attn)
         self.trainer = self._build_trainer(model)
         self._banner()
 
@@ -180,11 +197,14 @@ class Recipe:
             log.info("optimizer %s needs a GPU; using adamw_torch on CPU", optim)
             optim = "adamw_torch"
         use_liger = liger_available(self.hw)
+        prof = self.profile or profile_mod.Profile(
+            "configured", hp.batch_size, hp.gradient_accumulation, hp.gradient_checkpointing, False, None, ""
+        )
         return SFTConfig(
             output_dir=str(self.output_dir),
-            per_device_train_batch_size=hp.batch_size,
+            per_device_train_batch_size=prof.micro_batch,
             per_device_eval_batch_size=hp.batch_size,
-            gradient_accumulation_steps=hp.gradient_accumulation,
+            gradient_accumulation_steps=prof.grad_accum,
             num_train_epochs=hp.epochs,
             max_steps=hp.max_steps if hp.max_steps is not None else -1,
             learning_rate=hp.learning_rate,
@@ -198,8 +218,9 @@ class Recipe:
             bf16=self.hw.bf16,
             fp16=self.hw.fp16,
             use_cpu=not self.hw.cuda,
-            gradient_checkpointing=hp.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
+            gradient_checkpointing=prof.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if prof.gradient_checkpointing else None,
+            activation_offloading=prof.offload_activations,
             max_length=hp.max_seq_length,
             packing=hp.packing,
             packing_strategy="bfd",
@@ -277,6 +298,26 @@ class Recipe:
         )
         self.summary["trainableParameters"] = trainable
         self.summary["totalParameters"] = total
+        self._report_profile()
+
+    def _report_profile(self) -> None:
+        """The profile and its reason: start banner, metrics, status (progress.profile*), summary."""
+        prof = self.profile
+        if prof is None:
+            return
+        log.info("%s", prof.describe())
+        log.info("attention: %s", self.trainer.model.config._attn_implementation)
+        self.metrics.set("profile_fast", 1.0 if prof.name == "fast" else 0.0)
+        self.metrics.set("micro_batch_size", prof.micro_batch)
+        self.metrics.set("gradient_accumulation_steps", prof.grad_accum)
+        self.metrics.set("gradient_checkpointing", 1.0 if prof.gradient_checkpointing else 0.0)
+        self.metrics.set("activation_offloading", 1.0 if prof.offload_activations else 0.0)
+        if prof.estimated_bytes:
+            self.metrics.set("estimated_peak_bytes", prof.estimated_bytes)
+            self.summary["estimatedPeakBytes"] = prof.estimated_bytes
+        self.summary["microBatchSize"] = prof.micro_batch
+        self.summary["gradientAccumulationSteps"] = prof.grad_accum
+        self.status.update(progress={"profile": prof.name, "profileReason": prof.reason})
 
     # --- train ------------------------------------------------------------------
 
@@ -442,10 +483,7 @@ class Recipe:
             self.evaluate()
             self.export()
             ok = True
-        except Exception as exc:
-            self.status.update(message=failure_message(exc))
-            raise
-        finally:
+        finally:  # a failure reaches the operator via the termination message (__main__)
             self.cleanup(ok)
 
 

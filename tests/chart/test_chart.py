@@ -1,0 +1,175 @@
+"""The Helm chart: it lints, renders what a platform team expects, and stays in step with crds/."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubeft.dev.stack import BIN
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kubeft"
+
+
+def helm(*args: str) -> str:
+    res = subprocess.run([str(BIN / "helm"), *args], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    argv = ["template", "kubeft", str(CHART), "--namespace", "kubeft-system", "--include-crds"]
+    for s in sets:
+        argv += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*argv)) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_chart_lints_clean() -> None:
+    out = helm("lint", str(CHART), "--strict")
+    assert "0 chart(s) failed" in out
+
+
+def test_chart_crd_is_the_crds_directory_file() -> None:
+    chart_crd = CHART / "crds" / "kubeft.io_finetunejobs.yaml"
+    assert chart_crd.is_symlink(), "the chart's CRD must be a link to crds/, never a copy"
+    rendered = by_kind(render(), "CustomResourceDefinition")
+    source = yaml.safe_load((REPO / "crds" / "kubeft.io_finetunejobs.yaml").read_text())
+    assert rendered == [source]
+
+
+def test_operator_deployment_is_locked_down() -> None:
+    (deploy,) = by_kind(render(), "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["command"] == ["kubeft-operator"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBEFT_TRAINER_IMAGE"] == "ghcr.io/kubeft/trainer:0.1.0"
+    assert env["KUBEFT_NAMESPACES"] == ""
+
+
+def test_values_reach_the_operator() -> None:
+    docs = render(
+        "image.trainer.tag=v9",
+        "storage.endpoint=http://s3.internal:9000",
+        "storage.bucket=ft",
+        "operator.memoryMargin=0.2",
+    )
+    (deploy,) = by_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBEFT_TRAINER_IMAGE"] == "ghcr.io/kubeft/trainer:v9"
+    assert env["KUBEFT_DEFAULT_STORAGE_ENDPOINT"] == "http://s3.internal:9000"
+    assert env["KUBEFT_DEFAULT_BUCKET"] == "ft"
+    assert env["KUBEFT_MEMORY_MARGIN"] == "0.2"
+
+
+def test_cluster_wide_by_default_namespaced_when_watch_list_given() -> None:
+    docs = render()
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert any("finetunejobs" in r["resources"] for r in cluster_role["rules"])
+    assert not by_kind(docs, "Role")
+
+    docs = render("watchNamespaces={team-a,team-b}")
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    # cluster-wide only reads: nodes, namespaces, CRDs, and listing pods (GPUs in use); no rights
+    # on jobs, secrets or writes outside the list
+    rules = {res: r["verbs"] for r in cluster_role["rules"] for res in r["resources"]}
+    assert set(rules) == {"nodes", "namespaces", "customresourcedefinitions", "pods"}
+    assert rules["pods"] == ["list"]
+    assert all(set(v) <= {"get", "list", "watch"} for v in rules.values())
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    for role in roles:
+        secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
+        assert [r["verbs"] for r in secret_rules] == [["get"]]
+
+
+def test_monitors_and_dashboard_are_optional() -> None:
+    kinds = {d["kind"] for d in render()}
+    assert not {"PodMonitor", "ServiceMonitor", "ConfigMap"} & kinds
+    docs = render(
+        "metrics.podMonitor.enabled=true",
+        "metrics.serviceMonitor.enabled=true",
+        "grafanaDashboard.enabled=true",
+    )
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "trainer"
+    assert pm["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
+    assert by_kind(docs, "ServiceMonitor")
+    (cm,) = by_kind(docs, "ConfigMap")
+    assert json.loads(cm["data"]["kubeft.json"])["uid"] == "kubeft-jobs"
+
+
+def test_dashboard_queries_only_metrics_the_trainer_exports() -> None:
+    from kubeft_trainer.metrics import METRICS, metric_name
+
+    exported = {metric_name(n) for n in METRICS}
+    dashboard = json.loads((CHART / "dashboards" / "kubeft.json").read_text())
+    used = {
+        m
+        for p in dashboard["panels"]
+        for t in p["targets"]
+        for m in re.findall(r"kubeft_trainer_\w+", t["expr"])
+    }
+    assert used, "the dashboard queries nothing"
+    assert used <= exported, f"dashboard queries series the trainer never exports: {used - exported}"
+
+
+def test_bundled_minio_is_off_by_default_and_needs_a_password() -> None:
+    assert not [d for d in render() if "minio" in d["metadata"]["name"]]
+    res = subprocess.run(
+        [str(BIN / "helm"), "template", "k", str(CHART), "--set", "minio.enabled=true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode != 0 and "minio.rootPassword" in res.stderr
+    docs = render("minio.enabled=true", "minio.rootPassword=s3cr3t-pass")
+    assert {d["kind"] for d in docs if "minio" in d["metadata"]["name"]} >= {
+        "Deployment",
+        "Service",
+        "Secret",
+    }
+
+
+@pytest.mark.parametrize("dockerfile", ["operator/Dockerfile", "trainer_image/Dockerfile"])
+def test_dockerfiles_copy_what_exists_and_run_non_root(dockerfile: str) -> None:
+    path = REPO / dockerfile
+    if not path.exists():
+        pytest.fail(f"{dockerfile} is missing")
+    text = path.read_text()
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "COPY" and not any(p.startswith("--from") for p in parts):
+            for src in [p for p in parts[1:-1] if not p.startswith("--")]:
+                if src.endswith("*"):  # optional glob (COPY a* ./ copies nothing when absent)
+                    continue
+                assert (REPO / src).exists(), f"{dockerfile}: COPY source {src} does not exist"
+    users = [ln.split()[1] for ln in text.splitlines() if ln.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), f"{dockerfile} must end as a non-root USER"
+    scripts = tomllib_scripts()
+    entry = re.findall(r'(?:ENTRYPOINT|CMD) \[\s*"([^"]+)"', text)
+    assert entry and entry[-1] in scripts, f"{dockerfile}: entry point {entry} is not a console script"
+
+
+def tomllib_scripts() -> dict[str, str]:
+    import tomllib
+
+    return dict(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])

@@ -1,0 +1,192 @@
+"""The whole product path on the local stack, the way a user drives it.
+
+The operator is installed with the Helm chart (its pod run by the local pod runner with
+the chart's RBAC), the quickstart FineTuneJob is applied with kubectl, the trainer pod
+is placed by the real scheduler on a simulated GPU node and run as a real process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from kubernetes import client
+
+from kubeft import contract, demo
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def e2e_namespace(stack: Any, api_client: Any) -> Iterator[str]:
+    """A namespace with the storage Secret, inputs in MinIO and an operator release watching it."""
+    ns = f"e2e-{uuid.uuid4().hex[:8]}"
+    demo.upload_inputs(stack)
+    demo.prepare_namespace(api_client, stack, ns)
+    release = f"kubeft-{ns}"
+    helm = [str(stack.bin_dir / "helm"), "--kubeconfig", str(stack.kubeconfig)]
+    subprocess.run(
+        [
+            *helm,
+            "upgrade",
+            "--install",
+            release,
+            str(REPO / "charts" / "kubeft"),
+            "--namespace",
+            ns,
+            "--set",
+            f"watchNamespaces={{{ns}}}",
+            "--set",
+            f"storage.endpoint={stack.minio_endpoint}",
+            "--set",
+            f"storage.bucket={demo.OUTPUT_BUCKET}",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    yield ns
+    # jobs first, while their operator still runs to release them (kopf's finalizer)
+    custom = client.CustomObjectsApi(api_client)
+    custom.delete_collection_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL)
+    deadline = time.monotonic() + 60
+    while (
+        time.monotonic() < deadline
+        and custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL)[
+            "items"
+        ]
+    ):
+        time.sleep(0.5)
+    subprocess.run(
+        [*helm, "uninstall", release, "--namespace", ns, "--wait"], check=False, capture_output=True
+    )
+    client.CoreV1Api(api_client).delete_namespace(ns)
+
+
+def apply(stack: Any, namespace: str, manifest: dict[str, Any]) -> None:
+    subprocess.run(
+        [
+            str(stack.bin_dir / "kubectl"),
+            "--kubeconfig",
+            str(stack.kubeconfig),
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+        ],
+        input=yaml.safe_dump(manifest),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
+def quickstart(name: str, **overrides: Any) -> dict[str, Any]:
+    manifest = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    for key, value in overrides.items():
+        manifest["spec"][key] = {**manifest["spec"].get(key, {}), **value}
+    return dict(manifest)
+
+
+def get_job(custom_objects: Any, ns: str, name: str) -> dict[str, Any]:
+    job: dict[str, Any] = custom_objects.get_namespaced_custom_object(
+        contract.GROUP, contract.VERSION, ns, contract.PLURAL, name
+    )
+    return job
+
+
+def test_quickstart_runs_to_succeeded_with_metrics_checkpoints_and_artifacts(
+    stack: Any, api_client: Any, custom_objects: Any, e2e_namespace: str
+) -> None:
+    ns = e2e_namespace
+    apply(stack, ns, quickstart("quickstart"))
+    job = demo.watch(api_client, timeout=900, namespace=ns, name="quickstart")
+    assert job is not None
+    status = job["status"]
+    assert status["phase"] == "Succeeded", status
+    # placed on the smallest GPU class that fits: a tiny model goes to an L4
+    assert status.get("gpu", {}).get("product") == "NVIDIA-L4", status
+    assert status["node"].startswith("gpu-l4-")
+    progress = status["progress"]
+    assert progress["step"] == progress["totalSteps"] > 0
+    assert progress["evalLoss"] > 0
+    # artifacts the status points at exist in MinIO
+    mc = stack.minio_client()
+    for key in ("adapter", "merged"):
+        uri = status["artifacts"][key]
+        bucket, prefix = uri.removeprefix("s3://").split("/", 1)
+        names = [
+            o.object_name for o in mc.list_objects(bucket, prefix=prefix.rstrip("/") + "/", recursive=True)
+        ]
+        assert any(n.endswith(".safetensors") for n in names), (key, names)
+    assert status["checkpoints"]["latest"].startswith(
+        f"s3://{demo.OUTPUT_BUCKET}/{ns}/quickstart/checkpoints/"
+    )
+    # Prometheus scraped the trainer: the loss series is there, labelled with the job
+    series = demo.loss_series(stack, namespace=ns, name="quickstart")
+    assert len(series) >= 2
+    # kubectl shows the job the way a user scans it
+    out = subprocess.run(
+        [str(stack.bin_dir / "kubectl"), "--kubeconfig", str(stack.kubeconfig), "get", "ftj", "-n", ns],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "quickstart" in out and "Succeeded" in out and "NVIDIA-L4" in out
+
+
+def test_killed_trainer_pod_resumes_from_its_checkpoint_and_succeeds(
+    stack: Any, api_client: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str
+) -> None:
+    ns, name = e2e_namespace, "resume"
+    apply(
+        stack, ns, quickstart(name, hyperparameters={"epochs": 60}, checkpoints={"everySteps": 10, "keep": 2})
+    )
+    # wait until a checkpoint is complete, then kill the pod without grace (SIGKILL of the trainer)
+    deadline = time.monotonic() + 600
+    checkpoint_step = 0
+    while time.monotonic() < deadline:
+        status = get_job(custom_objects, ns, name).get("status", {})
+        checkpoint_step = (status.get("checkpoints") or {}).get("step") or 0
+        if checkpoint_step >= 10:
+            break
+        assert status.get("phase") not in ("Succeeded", "Failed"), status
+        time.sleep(0.5)
+    assert checkpoint_step >= 10
+    pods = core_v1.list_namespaced_pod(ns, label_selector=f"{contract.LABEL_JOB}={name}").items
+    (pod,) = [p for p in pods if p.status.phase == "Running"]
+    core_v1.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=0)
+    job = demo.watch(api_client, timeout=900, namespace=ns, name=name)
+    assert job is not None
+    status = job["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["restarts"] >= 1
+    assert status["progress"]["step"] == status["progress"]["totalSteps"]
+    # the second pod started from the checkpoint, not from step 0
+    pods = core_v1.list_namespaced_pod(ns, label_selector=f"{contract.LABEL_JOB}={name}").items
+    assert len({p.metadata.name for p in pods} - {pod.metadata.name}) >= 1
+    resumed = (status.get("progress") or {}).get("resumedFromStep")
+    assert resumed is not None and resumed >= 10, status["progress"]
+
+
+def test_prometheus_has_the_jobs_series_by_namespace_and_job(stack: Any, e2e_namespace: str) -> None:
+    r = requests.get(
+        f"{stack.prometheus_url}/api/v1/series",
+        params={"match[]": f'{{__name__=~"kubeft_trainer_.*", namespace="{e2e_namespace}"}}'},
+        timeout=10,
+    )
+    names = {s["__name__"] for s in r.json()["data"]}
+    assert {"kubeft_trainer_train_loss", "kubeft_trainer_tokens_per_second", "kubeft_trainer_step"} <= names
