@@ -1,0 +1,85 @@
+"""Fixtures of the end-to-end tests: an operator release (Helm chart) watching a fresh namespace."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from kubeft import contract, demo
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def e2e_namespace(stack: Any, api_client: Any) -> Iterator[str]:
+    """A namespace with the storage Secret, inputs in MinIO and an operator release watching it."""
+    ns = f"e2e-{uuid.uuid4().hex[:8]}"
+    demo.upload_inputs(stack)
+    demo.prepare_namespace(api_client, stack, ns)
+    release = f"kubeft-{ns}"
+    helm = [str(stack.bin_dir / "helm"), "--kubeconfig", str(stack.kubeconfig)]
+    subprocess.run(
+        [
+            *helm,
+            "upgrade",
+            "--install",
+            release,
+            str(REPO / "charts" / "kubeft"),
+            "--namespace",
+            ns,
+            "--set",
+            f"watchNamespaces={{{ns}}}",
+            "--set",
+            f"storage.endpoint={stack.minio_endpoint}",
+            "--set",
+            f"storage.bucket={demo.OUTPUT_BUCKET}",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    yield ns
+    # jobs first, while their operator still runs to release them (kopf's finalizer)
+    custom = client.CustomObjectsApi(api_client)
+    custom.delete_collection_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL)
+    deadline = time.monotonic() + 60
+    while (
+        time.monotonic() < deadline
+        and custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL)[
+            "items"
+        ]
+    ):
+        time.sleep(0.5)
+    subprocess.run(
+        [*helm, "uninstall", release, "--namespace", ns, "--wait"], check=False, capture_output=True
+    )
+    client.CoreV1Api(api_client).delete_namespace(ns)
+
+
+def apply(stack: Any, namespace: str, manifest: dict[str, Any]) -> None:
+    subprocess.run(
+        [
+            str(stack.bin_dir / "kubectl"),
+            "--kubeconfig",
+            str(stack.kubeconfig),
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+        ],
+        input=yaml.safe_dump(manifest),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
