@@ -201,28 +201,27 @@ class PodRunner:
             (local / key).write_bytes(value)
 
     def _config_map(self, pod: Any, name: str, optional: bool | None) -> dict[str, bytes]:
-        from kubernetes.client.rest import ApiException
-
-        try:
-            cm = self.core.read_namespaced_config_map(name, pod.metadata.namespace)
-        except ApiException as exc:
-            if exc.status == 404 and optional:
-                return {}
-            raise RuntimeError(f'configmap "{name}" not found') from exc
-        out = {k: v.encode() for k, v in (cm.data or {}).items()}
-        out.update({k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()})
-        return out
+        return self._read_data(pod, "configmap", name, optional)
 
     def _secret(self, pod: Any, name: str, optional: bool | None) -> dict[str, bytes]:
+        return self._read_data(pod, "secret", name, optional)
+
+    def _read_data(self, pod: Any, kind: str, name: str, optional: bool | None) -> dict[str, bytes]:
+        """A ConfigMap's or Secret's data as bytes; {} for a missing optional one."""
         from kubernetes.client.rest import ApiException
 
+        read = self.core.read_namespaced_secret if kind == "secret" else self.core.read_namespaced_config_map
         try:
-            secret = self.core.read_namespaced_secret(name, pod.metadata.namespace)
+            obj = read(name, pod.metadata.namespace)
         except ApiException as exc:
             if exc.status == 404 and optional:
                 return {}
-            raise RuntimeError(f'secret "{name}" not found') from exc
-        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+            raise RuntimeError(f'{kind} "{name}" not found') from exc
+        if kind == "secret":
+            return {k: base64.b64decode(v) for k, v in (obj.data or {}).items()}
+        out = {k: v.encode() for k, v in (obj.data or {}).items()}
+        out.update({k: base64.b64decode(v) for k, v in (obj.binary_data or {}).items()})
+        return out
 
     def _env(
         self, pod: Any, container: Any, workdir: Path, mounts: dict[str, Path]
