@@ -17,7 +17,7 @@ export PATH="$VENV/bin:${KUBEFT_CACHE:-$HOME/.cache/kubeft}/bin:$PATH"
 echo "[test] ruff check, ruff format --check, mypy" >&2
 ruff check .
 ruff format --check .
-mypy kubeft operator/kubeft_operator trainer_image/kubeft_trainer
+mypy kubeft operator/kubeft_operator trainer_image/kubeft_trainer bench
 
 set +e
 pytest "$@"

@@ -83,24 +83,29 @@ class Constants:
     optimizer_32bit: frozenset[str] = frozenset(
         {"adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adafactor"}
     )
-    # Activations per token per layer (bf16, sdpa/flash attention):
+    # Activations per token per layer (bf16, varlen/flash attention, Liger's fused RMSNorm/SwiGLU):
     #   a = attn_hidden·h + kv·h_kv + mlp·F (+ norm_fp32·h) (+ dropout·(6h + F) when lora_dropout > 0)
-    act_hidden_coeff: float = 12.0
+    # Fitted to kubeft's trainer on an H100 (bench/results/estimator_grid.json; the analytic
+    # 12h + 4h_kv + 8F over-predicted the no-checkpointing peaks by ~20%).
+    act_hidden_coeff: float = 2.0
     act_kv_coeff: float = 4.0
-    act_mlp_coeff: float = 8.0
-    act_norm_fp32_coeff: float = 12.0  # fp32 RMSNorm copies; 0 with a fused RMSNorm kernel
+    act_mlp_coeff: float = 8.75
+    act_norm_fp32_coeff: float = 0.0  # fp32 RMSNorm copies (12 without a fused RMSNorm kernel)
     act_dropout_coeff: float = 3.0
-    # With gradient checkpointing each layer keeps only its bf16 input: ckpt·h per token per layer
-    act_checkpoint_coeff: float = 2.0
+    # With gradient checkpointing each layer keeps its bf16 input (2h) plus what the recompute
+    # keeps alive around it: ckpt·h per token per layer (fitted)
+    act_checkpoint_coeff: float = 2.25
     # Padded (not padding-free) batches build a 4D attention mask: b·L·L elements
     attention_mask_bytes: float = 2.0
     # Logits and loss buffers per token per vocabulary entry
     logits_bytes: float = 16.0  # bf16 logits + fp32 upcast + log-softmax + its gradient
     logits_bytes_fused: float = 0.0  # fused linear cross-entropy (Liger) / chunked CE
+    # a chunked LM head still holds one fp32 tile of logits (TRL: 4096 tokens × 32768 entries) (fitted)
+    fused_logits_chunk_bytes: int = 128 * 1024 * 1024
     # QLoRA dequantises one linear at a time to bf16 (forward and backward)
     dequant_workspace_copies: float = 2.0
     # Fixed and proportional overheads
-    cuda_context_bytes: int = 800 * 1024 * 1024  # invisible to torch.cuda.max_memory_*, seen by NVML
+    cuda_context_bytes: int = 768 * 1024 * 1024  # invisible to torch.cuda.max_memory_*, seen by NVML
     allocator_fraction: float = 0.10  # caching-allocator slack over allocated bytes
 
 
@@ -388,6 +393,8 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
 
     per_token_vocab = c.logits_bytes_fused if setup.fused_cross_entropy else c.logits_bytes
     logits = tokens * shape.vocab_size * per_token_vocab
+    if setup.fused_cross_entropy:
+        logits += c.fused_logits_chunk_bytes
 
     workspace = 0.0
     if setup.method == "qlora":

@@ -1,0 +1,133 @@
+"""The bench's workload: model shapes, random-initialised models, a word-level tokenizer, and samples.
+
+Every trainer in a run trains the same model directory (random weights with a real shape,
+created on the GPU and saved with ``save_pretrained``, loaded by each trainer through
+``from_pretrained``) on the same samples.
+
+Samples follow an instruction dataset's lengths (log-normal, median 400 tokens, capped at the
+maximum length) and a learnable task, so that loss comparisons mean something: tokens come
+from a fixed sub-vocabulary and each next token is a fixed successor of the current one with
+probability ``FOLLOW``, else a uniform draw from the sub-vocabulary. A model that learns the
+rule reaches about 2 nats/token; a random one starts near ln(vocab) ≈ 11.8.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-1b": {
+        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+        "tie_word_embeddings": True, "rope_theta": 500000.0,
+    },
+    "llama-8b": {
+        "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
+        "tie_word_embeddings": False, "rope_theta": 500000.0,
+    },
+    # for smoke tests on CPU
+    "tiny": {
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 4096,
+        "tie_word_embeddings": False, "rope_theta": 10000.0,
+    },
+    "qwen2.5-7b": {
+        "model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+        "tie_word_embeddings": False, "rope_theta": 1000000.0,
+    },
+}  # fmt: skip
+
+# Token ids 0..2 are the tokenizer's specials.
+UNK, PAD, EOS = 0, 1, 2
+SUBVOCAB = 2048
+FOLLOW = 0.8
+MEDIAN_LEN = 400
+SIGMA = 0.8
+MIN_LEN = 32
+
+
+def make_model_dir(shape: str, root: Path) -> Path:
+    """Creates (once) a random-initialised bf16 model of `shape` on the GPU, saved with its tokenizer."""
+    out = root / shape
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(SHAPES[shape])
+    model_type = fields.pop("model_type")
+    cfg = AutoConfig.for_model(
+        model_type,
+        max_position_embeddings=8192,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=None,
+        **fields,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(str(out))
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    save_tokenizer(int(fields["vocab_size"]), out)
+    return out
+
+
+def save_tokenizer(vocab: int, out: Path) -> None:
+    """A word-level tokenizer: the text ``t5 t17 t99`` is the ids [5, 17, 99]; eos is ``</s>`` (id 2).
+
+    The specials have names that no word contains: special tokens are matched in the raw text.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<unk>": UNK, "<pad>": PAD, "</s>": EOS} | {f"t{i}": i for i in range(3, vocab)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>"
+    )
+    fast.save_pretrained(str(out))
+
+
+def _lengths(rng: random.Random, n: int, max_len: int) -> list[int]:
+    # sample length without eos; with eos appended it is at most max_len
+    return [
+        int(min(max_len - 1, max(MIN_LEN, rng.lognormvariate(math.log(MEDIAN_LEN), SIGMA)))) for _ in range(n)
+    ]
+
+
+def samples(n: int, max_len: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """`n` token-id sequences of the learnable task, each ending with eos."""
+    task = random.Random(1234)  # the task is the same for every seed
+    sub = task.sample(range(3, vocab), SUBVOCAB)
+    succ = {a: sub[task.randrange(SUBVOCAB)] for a in sub}
+    rng = random.Random(seed)
+    out = []
+    for length in _lengths(rng, n, max_len):
+        cur = rng.choice(sub)
+        seq = [cur]
+        for _ in range(length - 1):
+            cur = succ[cur] if rng.random() < FOLLOW else rng.choice(sub)
+            seq.append(cur)
+        out.append([*seq, EOS])
+    return out
+
+
+def write_text_jsonl(seqs: list[list[int]], path: Path) -> Path:
+    """The samples as a `text` dataset for kubeft's trainer (eos left for the trainer to append)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for seq in seqs:
+            assert seq[-1] == EOS
+            # trailing space: the trainer appends eos ("</s>") to the text, which must stay a separate word
+            f.write(json.dumps({"text": " ".join(f"t{i}" for i in seq[:-1]) + " "}) + "\n")
+    return path

@@ -1,0 +1,51 @@
+"""Replays the committed calibration grid (bench/results/estimator_grid.json) through the estimator.
+
+Every point is a peak measured on a GPU while kubeft's trainer ran (NVML, CUDA context
+included). The estimator must be within 10% of it and never more than 5% below (an
+under-estimate means an OOM on the node the operator chose).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubeft import estimate as est
+
+GRID = Path(__file__).resolve().parents[2] / "bench" / "results" / "estimator_grid.json"
+POINTS: list[dict[str, Any]] = json.loads(GRID.read_text())["points"]
+
+
+def _id(p: dict[str, Any]) -> str:
+    ckpt = "offload" if p["offload_activations"] else ("ckpt" if p["gradient_checkpointing"] else "nockpt")
+    return f"{p['shape']}-{p['method']}-{p['seq_len']}x{p['micro_batch']}-{ckpt}"
+
+
+def test_the_grid_covers_both_shapes_and_both_profiles() -> None:
+    assert {p["shape"] for p in POINTS} >= {"llama-3.2-1b", "llama-3.1-8b"}
+    assert {p["gradient_checkpointing"] for p in POINTS} == {True, False}
+
+
+@pytest.mark.parametrize("point", POINTS, ids=_id)
+def test_estimate_matches_the_measured_peak(point: dict[str, Any]) -> None:
+    setup = est.Setup(
+        method=point["method"],
+        micro_batch=point["micro_batch"],
+        seq_len=point["seq_len"],
+        gradient_checkpointing=point["gradient_checkpointing"],
+        offload_activations=point["offload_activations"],
+        padding_free=True,
+        fused_cross_entropy=point["fused_cross_entropy"],
+        optimizer=point["optimizer"],
+        lora_r=point["lora_r"],
+    )
+    predicted = est.estimate(est.known_shape(point["shape"]), setup).total
+    measured = point["measured_nvml_bytes"]
+    error = (predicted - measured) / measured
+    assert abs(error) <= 0.10, (
+        f"{error:+.1%}: predicted {predicted / 2**30:.2f} GiB, measured {measured / 2**30:.2f}"
+    )
+    assert error >= -0.05, f"under-estimate {error:+.1%}"
