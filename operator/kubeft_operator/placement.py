@@ -234,11 +234,17 @@ def choose(
             if better
             else "; "
         )
-    message = (
+    need_text = (
         f"{why_method}needs {_gib(need)} per GPU (estimate {_gib(estimate.total)} + {margin:.0%} margin): "
-        f"{chosen.product} ({_gib(chosen.memory_bytes)}) is the smallest GPU that fits"
-        + ("" if free else ", no GPU of it is free now; the pod waits for one")
     )
+    smallest = f"{fitting[0].product} ({_gib(fitting[0].memory_bytes)}) is the smallest GPU that fits"
+    if not free:
+        where = f"{smallest}, no GPU of it is free now; the pod waits for one"
+    elif chosen is fitting[0]:
+        where = smallest
+    else:
+        where = f"{smallest} but none is free now; {chosen.product} is the smallest with a free GPU"
+    message = need_text + where
     return Placement(
         ok=True,
         reason=cond.GPU_FITS,

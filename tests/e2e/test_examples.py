@@ -38,6 +38,17 @@ def wait_status(custom_objects: Any, ns: str, name: str, done: Any, timeout: flo
     raise AssertionError(f"{ns}/{name}: status never got there: {status}")
 
 
+def delete_and_wait(custom_objects: Any, core_v1: Any, ns: str, name: str, timeout: float = 150) -> None:
+    """Deletes a job and waits until its pods are gone (cascade delete), so later tests find GPUs free."""
+    custom_objects.delete_namespaced_custom_object(
+        contract.GROUP, contract.VERSION, ns, contract.PLURAL, name
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while core_v1.list_namespaced_pod(ns, label_selector=f"{contract.LABEL_JOB}={name}").items:
+        assert time.monotonic() < deadline, f"pods of {ns}/{name} outlived the job by {timeout:.0f}s"
+        time.sleep(0.5)
+
+
 def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status.get("conditions", [])}
 
@@ -57,7 +68,13 @@ def placed(status: dict[str, Any]) -> bool:
     ],
 )
 def test_example_is_accepted_and_placed(
-    stack: Any, custom_objects: Any, e2e_namespace: str, example: str, method: str, products: set[str]
+    stack: Any,
+    core_v1: Any,
+    custom_objects: Any,
+    e2e_namespace: str,
+    example: str,
+    method: str,
+    products: set[str],
 ) -> None:
     manifest = yaml.safe_load((EXAMPLES / example).read_text())
     name = manifest["metadata"]["name"]
@@ -66,8 +83,7 @@ def test_example_is_accepted_and_placed(
     assert status["vram"]["method"] == method
     assert status["gpu"]["product"] in products, status["gpu"]
     assert status["vram"]["estimatedBytes"] * 1.1 <= status["gpu"]["memoryBytes"]
-    custom_objects.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, e2e_namespace,
-                                                   contract.PLURAL, name)  # fmt: skip
+    delete_and_wait(custom_objects, core_v1, e2e_namespace, name)
 
 
 def test_suspended_example_gets_no_pod_until_resumed(
@@ -84,12 +100,11 @@ def test_suspended_example_gets_no_pod_until_resumed(
         contract.GROUP, contract.VERSION, e2e_namespace, contract.PLURAL, name, {"spec": {"suspend": False}}
     )
     wait_status(custom_objects, e2e_namespace, name, lambda s: bool(s.get("pod")))
-    custom_objects.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, e2e_namespace,
-                                                   contract.PLURAL, name)  # fmt: skip
+    delete_and_wait(custom_objects, core_v1, e2e_namespace, name)
 
 
 def test_gitops_folder_renders_and_its_jobs_are_accepted(
-    stack: Any, custom_objects: Any, e2e_namespace: str
+    stack: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str
 ) -> None:
     rendered = subprocess.run(
         [str(stack.bin_dir / "kubectl"), "kustomize", str(EXAMPLES / "gitops")],
@@ -106,3 +121,4 @@ def test_gitops_folder_renders_and_its_jobs_are_accepted(
         apply(stack, e2e_namespace, job)
         status = wait_status(custom_objects, e2e_namespace, job["metadata"]["name"], placed)
         assert status["gpu"]["product"]
+        delete_and_wait(custom_objects, core_v1, e2e_namespace, job["metadata"]["name"])

@@ -115,6 +115,10 @@ def test_busy_smallest_class_falls_back_to_a_larger_free_one_then_waits_when_all
     l4_busy = [busy("gpu-l4-0", 1), busy("gpu-l4-1", 1)]
     d = decide(job(), {}, inputs(pods=l4_busy), SETTINGS, NOW)
     assert d.create is not None and d.create.gpu_product == "NVIDIA-A100-SXM4-40GB"
+    c = cond.get_condition(d.status["conditions"], cond.SCHEDULABLE)
+    assert c is not None
+    assert "NVIDIA-L4 (22.5 GiB) is the smallest GPU that fits but none is free now" in c["message"]
+    assert "NVIDIA-A100-SXM4-40GB is the smallest with a free GPU" in c["message"]
     all_busy = [*l4_busy, busy("gpu-a100-0", 4), busy("gpu-h100-0", 8)]
     d = decide(job(), {}, inputs(pods=all_busy), SETTINGS, NOW)
     assert d.create is not None and d.create.gpu_product == "NVIDIA-L4"
