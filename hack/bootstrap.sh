@@ -20,5 +20,8 @@ if [[ ! -x "$VENV/bin/python" || ! -f "$VENV/.complete" ]]; then
   touch "$VENV/.complete"
 fi
 # the project itself, editable, pointing at this checkout (cheap; no dependencies)
-"$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . >&2
+if ! "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . >"$CACHE/editable-install.log" 2>&1; then
+  cat "$CACHE/editable-install.log" >&2
+  exit 1
+fi
 echo "$VENV"

@@ -138,12 +138,14 @@ def install_operator(info: Any) -> None:
     }
     sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
     chart = str(REPO / "charts" / "kubeft")
-    subprocess.run(
+    res = subprocess.run(
         [str(helm), "upgrade", "--install", "kubeft", chart, "--kubeconfig", str(info.kubeconfig),
          "--namespace", RELEASE_NAMESPACE, "--create-namespace", *sets, "--wait", "--timeout", "3m"],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
+    if res.returncode != 0:  # helm's own notes (e.g. the chart's CRD link) only matter when it fails
+        print(res.stderr, file=sys.stderr)
+        raise subprocess.CalledProcessError(res.returncode, res.args)
     print(f"    release kubeft in {RELEASE_NAMESPACE}: operator ready")
 
 
