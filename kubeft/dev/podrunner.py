@@ -397,35 +397,27 @@ class PodRunner:
             ],
         }
 
-    def _report_failed_to_start(self, pod: Any, message: str) -> None:
+    def _terminated_status(
+        self, pod: Any, code: int, reason: str, message: str, started_at: str
+    ) -> dict[str, Any]:
+        """A pod status whose only container has terminated, as a kubelet reports it."""
         c = pod.spec.containers[0]
+        terminated = {"exitCode": code, "reason": reason, "message": message}
+        terminated.update(startedAt=started_at, finishedAt=_now())
+        return {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "conditions": self._conditions(False),
+            "containerStatuses": [{
+                "name": c.name, "image": c.image, "imageID": "", "ready": False, "started": False,
+                "restartCount": 0, "state": {"terminated": terminated},
+            }],
+        }  # fmt: skip
+
+    def _report_failed_to_start(self, pod: Any, message: str) -> None:
+        reason = "CreateContainerConfigError"
+        status = self._terminated_status(pod, 128, reason, message, _now())
         self._patch_status(
-            pod.metadata.namespace,
-            pod.metadata.name,
-            {
-                "phase": "Failed",
-                "message": message,
-                "reason": "CreateContainerConfigError",
-                "conditions": self._conditions(False),
-                "containerStatuses": [
-                    {
-                        "name": c.name,
-                        "image": c.image,
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {
-                            "terminated": {
-                                "exitCode": 128,
-                                "reason": "CreateContainerConfigError",
-                                "message": message,
-                                "startedAt": _now(),
-                                "finishedAt": _now(),
-                            }
-                        },
-                    }
-                ],
-            },
+            pod.metadata.namespace, pod.metadata.name, {**status, "message": message, "reason": reason}
         )
 
     def _patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
@@ -454,34 +446,8 @@ class PodRunner:
         log.info("pod %s/%s: exited %d (%s)", run.namespace, run.name, code, reason)
         if run.deleting:
             return
-        c = pod.spec.containers[0]
-        self._patch_status(
-            run.namespace,
-            run.name,
-            {
-                "phase": "Succeeded" if code == 0 else "Failed",
-                "conditions": self._conditions(False),
-                "containerStatuses": [
-                    {
-                        "name": c.name,
-                        "image": c.image,
-                        "imageID": "",
-                        "ready": False,
-                        "started": False,
-                        "restartCount": 0,
-                        "state": {
-                            "terminated": {
-                                "exitCode": code,
-                                "reason": reason,
-                                "message": message,
-                                "startedAt": run.started_at,
-                                "finishedAt": _now(),
-                            }
-                        },
-                    }
-                ],
-            },
-        )
+        status = self._terminated_status(pod, code, reason, message, run.started_at)
+        self._patch_status(run.namespace, run.name, status)
 
     def _terminate(self, uid: str, grace: int) -> None:
         with self.lock:
