@@ -12,7 +12,7 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.0}"
 # MinIO has no semver tags; this pseudo-version is the last release commit we pin.
-MINIO_VERSION="${MINIO_VERSION:-latest}"
+MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"  # `latest` resolves and records the newest
 
 CACHE="${KUBEFT_CACHE:-$HOME/.cache/kubeft}"
 BIN="$CACHE/bin"
