@@ -68,9 +68,17 @@ def _load(a: Any) -> Any:
     )
 
 
-def _common_args() -> dict[str, Any]:
+def _common_args(a: Any) -> dict[str, Any]:
+    """Training settings the plain recipe and the peer share (the reference scripts' values)."""
     gpu = _cuda()
-    return {"bf16": gpu, "optim": "adamw_8bit" if gpu else "adamw_torch", "use_cpu": not gpu}
+    return {
+        "bf16": gpu, "optim": "adamw_8bit" if gpu else "adamw_torch", "use_cpu": not gpu,
+        "per_device_train_batch_size": a.batch, "gradient_accumulation_steps": a.grad_accum,
+        "max_steps": a.steps, "learning_rate": LR, "warmup_steps": 2, "seed": 0,
+        "logging_steps": 1, "report_to": [], "save_strategy": "no", "disable_tqdm": True,
+        "gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        "include_num_input_tokens_seen": "non_padding",
+    }  # fmt: skip
 
 
 def held_out_loss(model: Any, seqs: list[list[int]]) -> float:
@@ -119,23 +127,10 @@ def run_plain(a: Any, seqs: list[list[int]], callbacks: list[Any]) -> tuple[Any,
 
     args = TrainingArguments(
         output_dir="/tmp/bench-plain",
-        per_device_train_batch_size=a.batch,
-        gradient_accumulation_steps=a.grad_accum,
-        max_steps=a.steps,
-        learning_rate=LR,
-        **_common_args(),
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
+        **_common_args(a),
         lr_scheduler_type="linear",
-        warmup_steps=2,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        seed=0,
-        gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=Samples(), data_collator=collate, callbacks=callbacks
@@ -152,24 +147,11 @@ def run_peer(a: Any, seqs: list[list[int]], callbacks: list[Any]) -> tuple[Any, 
     model = _load(a)
     cfg = SFTConfig(
         output_dir="/tmp/bench-peer",
-        per_device_train_batch_size=a.batch,
-        gradient_accumulation_steps=a.grad_accum,
-        max_steps=a.steps,
-        learning_rate=LR,
-        **_common_args(),
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        warmup_steps=2,
+        **_common_args(a),
         max_length=a.max_len,
         packing=True,
         use_liger_kernel=_cuda(),
-        gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
-        seed=0,
-        disable_tqdm=True,
     )
     trainer = SFTTrainer(
         model=model,

@@ -19,27 +19,18 @@ import random
 from pathlib import Path
 from typing import Any
 
+from kubeft.estimate import KNOWN_SHAPES
+
+# The estimator's shapes (one table of real model shapes), plus the RoPE base the model needs.
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama-1b": {
-        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-        "tie_word_embeddings": True, "rope_theta": 500000.0,
-    },
-    "llama-8b": {
-        "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
-        "tie_word_embeddings": False, "rope_theta": 500000.0,
-    },
+    "llama-1b": {**KNOWN_SHAPES["llama-3.2-1b"], "rope_theta": 500000.0},
+    "llama-8b": {**KNOWN_SHAPES["llama-3.1-8b"], "rope_theta": 500000.0},
+    "qwen2.5-7b": {**KNOWN_SHAPES["qwen2.5-7b"], "rope_theta": 1000000.0},
     # for smoke tests on CPU
     "tiny": {
         "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 4096,
         "tie_word_embeddings": False, "rope_theta": 10000.0,
-    },
-    "qwen2.5-7b": {
-        "model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-        "tie_word_embeddings": False, "rope_theta": 1000000.0,
     },
 }  # fmt: skip
 
