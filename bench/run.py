@@ -66,6 +66,11 @@ def run_worker(a: argparse.Namespace) -> int:
     return 0
 
 
+def _gib(n: float | None) -> str:
+    """Bytes as GiB; "—" where there is nothing to measure (a CPU smoke run has no GPU memory)."""
+    return _fmt(None if n is None else n / 2**30)
+
+
 def _fmt(x: Any, digits: int = 2) -> str:
     if x is None:
         return "—"
@@ -107,8 +112,8 @@ def table(results: list[dict[str, Any]]) -> str:
             )
             lines.append(
                 f"| {r['label']} | {_fmt(r['tokens_per_s'], 0)} | {_fmt(ratio)} "
-                f"| {r['peak_allocated_bytes'] / 2**30:.2f} | {r['peak_reserved_bytes'] / 2**30:.2f} "
-                f"| {r['nvml_peak_bytes'] / 2**30:.2f} | {_fmt(mem_ratio)} | {_fmt(r['mfu'], 3)} "
+                f"| {_gib(r.get('peak_allocated_bytes'))} | {_gib(r.get('peak_reserved_bytes'))} "
+                f"| {_gib(r.get('nvml_peak_bytes'))} | {_fmt(mem_ratio)} | {_fmt(r['mfu'], 3)} "
                 f"| {_fmt(r['final_loss'], 3)} | {_fmt(r['held_out_loss'], 3)} | {setup} |"
             )
         lines.append("")
