@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 
-from .trainer_helpers import ROWS, build_model, build_tokenizer, write_jsonl
+from kubeft.dev import tinymodel
+
+from .trainer_helpers import ROWS, write_jsonl
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with config.json, model.safetensors and the tokenizer files of a tiny Llama."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = build_tokenizer(out)
-    build_model(out, len(tok), tok)
-    return out
+    return tinymodel.build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

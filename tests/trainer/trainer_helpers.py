@@ -7,17 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from kubeft.dev import tinymodel
-from kubeft.dev.tinymodel import CHATML, QA, SYSTEM, build_tokenizer, write_jsonl
+from kubeft.dev.tinymodel import CHATML, QA, SYSTEM, write_jsonl
 
-__all__ = ["CHATML", "QA", "ROWS", "SYSTEM", "build_model", "build_tokenizer", "job_spec", "write_jsonl"]
+__all__ = ["CHATML", "QA", "ROWS", "SYSTEM", "job_spec", "write_jsonl"]
 
 ROWS = {fmt: partial(tinymodel.rows, fmt) for fmt in ("alpaca", "sharegpt", "messages", "text")}
-
-
-def build_model(out: Path, vocab_size: int, tokenizer: Any) -> None:
-    """A random 2-layer Llama (hidden 64) saved as safetensors next to the tokenizer."""
-    assert vocab_size == len(tokenizer)
-    tinymodel.build_model(out, tokenizer)
 
 
 def job_spec(model_dir: Path, data: Path, **hp: Any) -> dict[str, Any]:
