@@ -35,7 +35,16 @@ VARIANTS: dict[str, tuple[str, dict[str, str], list[str], dict[str, Any]]] = {
     "kubeft-lean": ("kubeft", {"KUBEFT_TRAINER_PROFILE": "lean"}, [], {}),
     "kubeft-fast": ("kubeft", {"KUBEFT_TRAINER_PROFILE": "fast"}, [], {}),
     "kubeft-configured": ("kubeft", {"KUBEFT_TRAINER_PROFILE": "configured"}, [], {}),
+    # lean with PyTorch's expandable segments: less allocator slack (reserved over allocated)?
+    "kubeft-lean-expseg": ("kubeft", {"KUBEFT_TRAINER_PROFILE": "lean",
+                                      "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, [], {}),
 }  # fmt: skip
+
+
+def parse_label(label: str) -> tuple[str, int]:
+    """``peer@1`` → (``peer``, seed 1); a label without ``@`` runs seed 0."""
+    name, _, seed = label.partition("@")
+    return name, int(seed) if seed else 0
 
 
 def num_samples(steps: int, batch: int, grad_accum: int, max_len: int) -> int:
@@ -120,13 +129,76 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+LEARNT_NATS = 0.5  # a loss comparison means something once the peer's loss fell this much
+
+
+def _loss_at(losses: list[list[float]], step: int, window: int) -> float | None:
+    """Mean logged train loss over the `window` steps ending at `step`."""
+    vals = [x for s, x in losses if step - window < s <= step]
+    return sum(vals) / len(vals) if vals else None
+
+
+def loss_table(results: list[dict[str, Any]], marks: int = 4) -> str:
+    """Does speed change what is learned? Train loss along the run and held-out loss, per shape.
+
+    Every trainer sees the same samples in the same optimizer steps, so losses compare step by
+    step. The noise is the spread of the peer's held-out loss over its training seeds
+    (``peer``, ``peer@1``, …); a trainer is within noise when its difference from the peer's
+    seed-0 run is at most twice that spread.
+    """
+    lines: list[str] = []
+    for shape in dict.fromkeys(r["shape"] for r in results):
+        rows = [r for r in results if r["shape"] == shape and "error" not in r and r.get("losses")]
+        peers = [r for r in rows if parse_label(r["label"])[0] == "peer"]
+        if not rows:
+            continue
+        steps = max(int(s) for r in rows for s, _ in r["losses"])
+        window = max(1, steps // 10)
+        at = [max(1, round(steps * k / marks)) for k in range(1, marks + 1)]
+        held = [r["held_out_loss"] for r in peers if r.get("held_out_loss") is not None]
+        spread = max(held) - min(held) if len(held) > 1 else None
+        base = next((r for r in peers if r["label"] == "peer"), None)
+        lines += [
+            f"### {shape}: loss (train loss: mean of the {window} steps ending at the step)",
+            "",
+            "| trainer | "
+            + " | ".join(f"step {s}" for s in at)
+            + " | held-out loss | Δ vs peer | within noise |",
+            "|---|" + "---|" * (len(at) + 3),
+        ]
+        for r in rows:
+            cells = [_fmt(_loss_at(r["losses"], s, window), 3) for s in at]
+            delta = (
+                r["held_out_loss"] - base["held_out_loss"]
+                if base and r is not base and r.get("held_out_loss") is not None
+                else None
+            )
+            verdict = "—"
+            if delta is not None and spread is not None:
+                verdict = "yes" if abs(delta) <= 2 * spread else "NO"
+            lines.append(
+                f"| {r['label']} | " + " | ".join(cells) + f" | {_fmt(r.get('held_out_loss'), 4)} "
+                f"| {'—' if delta is None else f'{delta:+.4f}'} | {verdict} |"
+            )
+        noise = "one peer seed: no noise estimate" if spread is None else f"{spread:.4f} nats"
+        lines += ["", f"Peer seed spread of the held-out loss: {noise}."]
+        if base:
+            first = _loss_at(base["losses"], 1, 1)
+            last = _loss_at(base["losses"], steps, window)
+            if first is not None and last is not None:
+                learnt = "learnt" if first - last >= LEARNT_NATS else "NOT learnt: the comparison says little"
+                lines.append(f"The peer's train loss: {first:.3f} → {last:.3f} nats, task {learnt}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def orchestrate(a: argparse.Namespace) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     models = Path(a.models_root)
     shapes = [s for s in a.shapes.split(",") if s]
     labels = [v for v in a.trainers.split(",") if v]
-    unknown = [v for v in labels if v not in VARIANTS]
+    unknown = [v for v in labels if parse_label(v)[0] not in VARIANTS]
     if unknown:
         print(f"unknown trainers {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
@@ -138,27 +210,37 @@ def orchestrate(a: argparse.Namespace) -> int:
     meta: dict[str, Any] = {"command": a.command_line, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for shape in shapes:
         for label in labels:
-            trainer, env, sets, _flags = VARIANTS[label]
-            res_file = out / f"{shape}-{label}.json"
-            log_file = out / f"{shape}-{label}.log"
+            variant, seed = parse_label(label)
+            trainer, env, sets, _flags = VARIANTS[variant]
+            stem = f"{shape}-{label.replace('@', '-seed')}"  # file names without '@'
+            res_file = out / f"{stem}.json"
+            log_file = out / f"{stem}.log"
             cmd = [
                 py, me, "worker", "--trainer", trainer, "--label", label, "--shape", shape,
                 "--model-dir", str(models / shape), "--steps", str(a.steps), "--warmup", str(a.warmup),
+                "--method", a.method, "--seed", str(seed), "--lr", str(a.lr),
+                "--task-vocab", str(a.task_vocab),
                 "--max-len", str(a.max_len), "--batch", str(a.batch), "--grad-accum", str(a.grad_accum),
                 "--num-samples", str(num_samples(a.steps, a.batch, a.grad_accum, a.max_len)),
                 "--eval-samples", str(a.eval_samples), "--result", str(res_file),
-                "--workdir", f"/tmp/kubeft-bench/work/{shape}-{label}",
+                "--workdir", f"/tmp/kubeft-bench/work/{shape}-{label.replace('@', '-seed')}",
             ]  # fmt: skip
             for s in sets:
                 cmd += ["--set", s]
-            for k, v in env.items():
-                cmd += ["--env", f"{k}={v}"]
             if label in (a.profile or "").split(","):
-                cmd += ["--profile", str(out / f"{shape}-{label}.profile.txt")]
+                cmd += ["--profile", str(out / f"{stem}.profile.txt")]
             print(f"== {shape} {label}", flush=True)
             t0 = time.time()
             with log_file.open("w") as log:
-                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=a.worker_timeout)
+                # the variant's environment is the process's from its start (PyTorch reads its
+                # allocator settings when CUDA starts)
+                proc = subprocess.run(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=a.worker_timeout,
+                    env={**os.environ, **env},
+                )
             if proc.returncode == 0 and res_file.exists():
                 res = json.loads(res_file.read_text())
             else:
@@ -179,9 +261,13 @@ def orchestrate(a: argparse.Namespace) -> int:
             meta["gpu"] = ok[0].get("gpu") if ok else None
             meta["versions"] = _versions_from_logs(out)
             results_file.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-            (out / "results.md").write_text(header(meta) + table(results))
-    print(header(meta) + table(results), flush=True)
+            (out / "results.md").write_text(report(meta, results))
+    print(report(meta, results), flush=True)
     return 0
+
+
+def report(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    return header(meta) + table(results) + "\n" + loss_table(results)
 
 
 def _versions_from_logs(out: Path) -> dict[str, str]:
@@ -207,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker")
     w.add_argument("--trainer", required=True, choices=["plain", "peer", "kubeft"])
     w.add_argument("--label", required=True)
+    w.add_argument("--seed", type=int, default=0, help="training seed (LoRA init, data order)")
+    w.add_argument("--method", default="qlora", choices=["qlora", "lora", "full"])
     w.add_argument("--shape", required=True)
-    w.add_argument("--method", default="qlora")
     w.add_argument("--model-dir", type=Path, required=True)
     w.add_argument("--steps", type=int, default=12)
     w.add_argument("--warmup", type=int, default=3)
@@ -225,9 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         "--placement-memory", type=int, default=0, help="placement.gpuMemoryBytes (default: the GPU's)"
     )
     w.add_argument("--profile", default="")
+    for q in (p, w):
+        q.add_argument("--lr", type=float, default=2e-4, help="learning rate (2e-4: the reference scripts')")
+        q.add_argument(
+            "--task-vocab", type=int, default=2048, help="tokens of the synthetic task (fewer: learnt sooner)"
+        )
     for q in (p,):
         q.add_argument("--shapes", default="llama-1b,llama-8b")
-        q.add_argument("--trainers", default="plain,peer,kubeft-lean,kubeft-fast,kubeft")
+        q.add_argument(
+            "--trainers",
+            default="plain,peer,kubeft-lean,kubeft-fast,kubeft",
+            help="labels, each optionally with a training seed: peer,peer@1,kubeft-lean",
+        )
+        q.add_argument("--method", default="qlora", choices=["qlora", "lora", "full"])
         q.add_argument("--steps", type=int, default=12, help="optimizer steps per trainer")
         q.add_argument("--warmup", type=int, default=3, help="steps before timing starts")
         q.add_argument("--max-len", type=int, default=2048)

@@ -23,12 +23,16 @@ from typing import Any
 import measure
 import workload
 
-LR = 2e-4
+LR = 2e-4  # the reference scripts' learning rate (run.py --lr changes it for loss runs)
+WARMUP_STEPS = 2  # the reference scripts'; kubeft gets the same two steps as a ratio
 
 
 def _lora(method: str) -> Any:
+    """The shared LoRA adapter (None for full fine-tuning)."""
     from peft import LoraConfig
 
+    if method == "full":
+        return None
     return LoraConfig(
         r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", bias="none", task_type="CAUSAL_LM"
     )
@@ -53,7 +57,7 @@ def _cuda() -> bool:
 
 
 def _load(a: Any) -> Any:
-    """The model as the guides load it: NF4 on the GPU (plain float32 on CPU, for smoke tests)."""
+    """The model as the guides load it: NF4 (qlora) or bf16 on the GPU; float32 on CPU (smoke runs)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -61,20 +65,25 @@ def _load(a: Any) -> Any:
         return AutoModelForCausalLM.from_pretrained(str(a.model_dir), attn_implementation="sdpa")
     return AutoModelForCausalLM.from_pretrained(
         str(a.model_dir),
-        quantization_config=_bnb(),
+        quantization_config=_bnb() if a.method == "qlora" else None,
         dtype=torch.bfloat16,
         attn_implementation="sdpa",
         device_map={"": 0},
     )
 
 
+def _optimizer() -> str:
+    """adamw_8bit on the GPU (the reference recipes'); torch's AdamW on CPU smoke runs."""
+    return "adamw_8bit" if _cuda() else "adamw_torch"
+
+
 def _common_args(a: Any) -> dict[str, Any]:
     """Training settings the plain recipe and the peer share (the reference scripts' values)."""
     gpu = _cuda()
     return {
-        "bf16": gpu, "optim": "adamw_8bit" if gpu else "adamw_torch", "use_cpu": not gpu,
+        "bf16": gpu, "optim": _optimizer(), "use_cpu": not gpu,
         "per_device_train_batch_size": a.batch, "gradient_accumulation_steps": a.grad_accum,
-        "max_steps": a.steps, "learning_rate": LR, "warmup_steps": 2, "seed": 0,
+        "max_steps": a.steps, "learning_rate": a.lr, "warmup_steps": WARMUP_STEPS, "seed": a.seed,
         "logging_steps": 1, "report_to": [], "save_strategy": "no", "disable_tqdm": True,
         "gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False},
         "include_num_input_tokens_seen": "non_padding",
@@ -103,6 +112,8 @@ def run_plain(a: Any, seqs: list[list[int]], callbacks: list[Any]) -> tuple[Any,
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments
 
+    if a.method != "qlora":
+        raise ValueError("the plain recipe is the QLoRA guides' recipe: run it with --method qlora")
     model = _load(a)
     model = prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -158,7 +169,7 @@ def run_peer(a: Any, seqs: list[list[int]], callbacks: list[Any]) -> tuple[Any, 
         args=cfg,
         train_dataset=Dataset.from_dict({"input_ids": seqs}),
         processing_class=AutoTokenizer.from_pretrained(str(a.model_dir)),
-        peft_config=_lora("qlora"),
+        peft_config=_lora(a.method),
         callbacks=callbacks,
     )
     trainer.train()
@@ -172,15 +183,16 @@ def kubeft_spec(a: Any, data: Path) -> dict[str, Any]:
         "dataset": {"source": str(data), "format": "text", "trainOn": "all"},
         "hyperparameters": {
             "epochs": 1,
-            "learningRate": LR,
+            "learningRate": a.lr,
             "batchSize": a.batch,
             "gradientAccumulation": a.grad_accum,
             "maxSeqLength": a.max_len,
             "packing": True,
             "lora": {"r": 16, "alpha": 16, "dropout": 0.0, "targetModules": "all-linear"},
-            "optimizer": "adamw_8bit",
-            "seed": 0,
-            "warmupRatio": 0.0,
+            "optimizer": _optimizer(),
+            "seed": a.seed,
+            # transformers reads a warmup below 1 as a ratio and rounds its steps up: 2 steps, as the peer
+            "warmupRatio": (WARMUP_STEPS - 0.5) / a.steps if a.steps > WARMUP_STEPS else 0.0,
             "lrScheduler": "linear",
             "maxSteps": a.steps,
             "gradientCheckpointing": True,
@@ -241,8 +253,9 @@ def worker(a: Any) -> dict[str, Any]:
     mem.reset()
     a.extra = {}
     shape = workload.SHAPES[a.shape]
-    seqs = workload.samples(a.num_samples, a.max_len, shape["vocab_size"], seed=0)
-    held = workload.samples(a.eval_samples, a.max_len, shape["vocab_size"], seed=99)
+    vocab, task = shape["vocab_size"], a.task_vocab
+    seqs = workload.samples(a.num_samples, a.max_len, vocab, seed=0, subvocab=task)
+    held = workload.samples(a.eval_samples, a.max_len, vocab, seed=99, subvocab=task)
     timer = measure.make_timer_callback(a.warmup)
     callbacks = [timer]
     if a.profile:  # the step just before timing starts; first, so that its report is not timed
