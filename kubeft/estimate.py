@@ -417,6 +417,16 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
     )
 
 
+def offload_host_bytes(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CONSTANTS) -> int:
+    """Pinned host memory the offloaded layer inputs take (0 unless checkpointing offloads them).
+
+    Every layer's bf16 input of one micro-batch waits in host memory for the backward pass.
+    """
+    if not (setup.gradient_checkpointing and setup.offload_activations):
+        return 0
+    return math.ceil(setup.tokens * shape.num_layers * shape.hidden_size * constants.bf16_bytes_per_param)
+
+
 def estimate_profiles(
     shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CONSTANTS
 ) -> dict[str, Estimate]:

@@ -147,3 +147,12 @@ def test_cli_rejects_unknown_model_with_exit_code_2() -> None:
     code, out = _cli("no-such-model")
     assert code == 2
     assert out == ""
+
+
+def test_offloaded_layer_inputs_take_host_memory_only_when_offloaded() -> None:
+    shape = est.known_shape("llama-3.1-8b")
+    setup = est.Setup(micro_batch=4, seq_len=2048, gradient_checkpointing=True, offload_activations=True)
+    # every layer's bf16 input: 4 × 2048 tokens × 32 layers × 4096 × 2 bytes
+    assert est.offload_host_bytes(shape, setup) == 4 * 2048 * 32 * 4096 * 2
+    assert est.offload_host_bytes(shape, replace(setup, offload_activations=False)) == 0
+    assert est.offload_host_bytes(shape, replace(setup, gradient_checkpointing=False)) == 0

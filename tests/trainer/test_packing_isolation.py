@@ -97,3 +97,47 @@ def test_placement_memory_takes_precedence_over_the_device() -> None:
     placed = {"gpuMemoryBytes": 24 * 2**30}
     p = profile.choose(JobSpec(), "qlora", est.known_shape("llama-3.1-8b"), True, 80 * 2**30, placed, "auto")
     assert p.name == "lean" and "24 GiB GPU (placement)" in p.reason
+
+
+@pytest.mark.parametrize(("host_gib", "offloads"), [(64, True), (3, False), (None, True)])
+def test_lean_offloads_only_when_the_host_has_room(host_gib: int | None, offloads: bool) -> None:
+    # 8B on a 24 GiB GPU: lean, and offloading micro-batch 4's layer inputs pins 2.0 GiB of host memory
+    host = None if host_gib is None else host_gib * 2**30
+    spec = JobSpec()
+    p = profile.choose(spec, "qlora", est.known_shape("llama-3.1-8b"), True, 24 * 2**30, {}, "auto", host)
+    assert p.name == "lean" and p.gradient_checkpointing
+    assert p.offload_activations is offloads
+    assert (p.micro_batch, p.grad_accum) == ((4, 2) if offloads else (2, 4))
+    if offloads:
+        assert "(2.0 GiB pinned)" in p.reason
+    else:
+        assert "checkpoints stay on the GPU" in p.reason and "pin 2.0 GiB" in p.reason
+        assert "3.0 GiB free" in p.reason
+
+
+def _fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+MEMINFO = "MemTotal:       65536000 kB\nMemAvailable:   8388608 kB\n"  # 8 GiB available
+
+
+def test_host_memory_is_the_cgroup_room_or_the_machines(tmp_path: Path) -> None:
+    v2 = _fake_root(
+        tmp_path / "v2",
+        {"sys/fs/cgroup/memory.max": "4294967296\n", "sys/fs/cgroup/memory.current": "1073741824\n",
+         "proc/meminfo": MEMINFO},
+    )  # fmt: skip
+    assert profile.available_host_memory(v2) == 3 * 2**30  # limit 4 GiB, 1 GiB used
+    unlimited = _fake_root(tmp_path / "max", {"sys/fs/cgroup/memory.max": "max\n", "proc/meminfo": MEMINFO})
+    assert profile.available_host_memory(unlimited) == 8 * 2**30
+    v1 = _fake_root(
+        tmp_path / "v1",
+        {"sys/fs/cgroup/memory/memory.limit_in_bytes": str(16 * 2**30),
+         "sys/fs/cgroup/memory/memory.usage_in_bytes": str(2 * 2**30), "proc/meminfo": MEMINFO},
+    )  # fmt: skip
+    assert profile.available_host_memory(v1) == 8 * 2**30  # the machine has less than the cgroup allows
+    assert profile.available_host_memory(tmp_path / "nothing") is None

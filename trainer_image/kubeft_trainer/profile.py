@@ -7,7 +7,9 @@ kept for the backward pass:
 * ``lean`` (the default when the GPU is tight): gradient checkpointing. On deep models whose
   kept layer inputs outweigh one layer's activations, those inputs go to pinned host memory and
   the room goes to micro-batches twice as large (half the accumulation) at no more GPU memory:
-  a QLoRA step is bound by the CPU's per-call overhead, which is paid per micro-batch.
+  a QLoRA step is bound by the CPU's per-call overhead, which is paid per micro-batch. Only when
+  the pinned inputs take at most half of the host memory the container has free (its cgroup
+  limit, else the machine's): an automatic speed-up must not get the pod OOM-killed.
 * ``fast`` (chosen when the placed GPU has room): no gradient checkpointing (no recomputed
   forward) and the largest micro-batch whose estimated peak stays under 90% of the GPU's memory.
 * ``configured``: exactly the spec's settings (CPU runs, or ``KUBEFT_TRAINER_PROFILE=configured``).
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 ENV_PROFILE = "KUBEFT_TRAINER_PROFILE"
 PROFILES = ("auto", "lean", "fast", "configured")
 HEADROOM = 0.10  # fast mode stays under (1 - HEADROOM) of the GPU's memory
+HOST_SHARE = 0.5  # offloaded layer inputs may pin at most this share of the free host memory
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,40 @@ def shape_of(model_dir: Path | None) -> est.ModelShape | None:
         return None
 
 
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def available_host_memory(root: Path = Path("/")) -> int | None:
+    """Host memory this process can still use: the cgroup's limit less its usage, or MemAvailable.
+
+    The smaller of what the container's memory cgroup (v2, else v1) and the kernel's
+    ``MemAvailable`` allow; None when neither can be read.
+    """
+    candidates: list[int] = []
+    cg = root / "sys/fs/cgroup"
+    for limit_file, usage_file in (
+        (cg / "memory.max", cg / "memory.current"),
+        (cg / "memory/memory.limit_in_bytes", cg / "memory/memory.usage_in_bytes"),
+    ):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and limit < 2**60:  # v1 writes a huge number for no limit
+            candidates.append(max(0, limit - (usage or 0)))
+            break
+    try:
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append(int(line.split()[1]) * 1024)
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(candidates) if candidates else None
+
+
 def choose(
     spec: Any,
     method: str,
@@ -97,8 +134,13 @@ def choose(
     gpu_memory: int,
     placement: Mapping[str, Any],
     requested: str = "auto",
+    host_memory: int | None = None,
 ) -> Profile:
-    """The profile for this run (see the module docstring)."""
+    """The profile for this run (see the module docstring).
+
+    `host_memory`: the host memory free to this process (:func:`available_host_memory`); None
+    when unknown (offloading is then not limited).
+    """
     hp = spec.hyperparameters
     configured = Profile(
         "configured", hp.batch_size, hp.gradient_accumulation, hp.gradient_checkpointing, False, None, ""
@@ -158,18 +200,25 @@ def choose(
     # inputs outweigh one layer's activations)
     lean_ref = est.lean(base)
     ref = estimate(lean_ref)
-    if hp.gradient_accumulation % 2 == 0 and ref is not None:
+    if hp.gradient_accumulation % 2 == 0 and ref is not None and shape is not None:
         doubled = replace(lean_ref, micro_batch=hp.batch_size * 2, offload_activations=True)
         need = estimate(doubled)
+        pinned = est.offload_host_bytes(shape, doubled)
         if need is not None and need <= ref:
-            return Profile(
-                "lean",
-                hp.batch_size * 2,
-                hp.gradient_accumulation // 2,
-                True,
-                True,
-                need,
-                f"{reason}; checkpoints offloaded to host memory make room for micro-batch "
-                f"{hp.batch_size * 2} within the checkpointed peak",
-            )
+            if host_memory is not None and pinned > HOST_SHARE * host_memory:
+                reason += (
+                    f"; checkpoints stay on the GPU: offloading them would pin {pinned / 2**30:.1f} GiB "
+                    f"of host memory, more than half of the {host_memory / 2**30:.1f} GiB free"
+                )
+            else:
+                return Profile(
+                    "lean",
+                    hp.batch_size * 2,
+                    hp.gradient_accumulation // 2,
+                    True,
+                    True,
+                    need,
+                    f"{reason}; checkpoints offloaded to host memory ({pinned / 2**30:.1f} GiB pinned) make "
+                    f"room for micro-batch {hp.batch_size * 2} within the checkpointed peak",
+                )
     return Profile("lean", hp.batch_size, hp.gradient_accumulation, True, False, ref, reason)

@@ -155,6 +155,7 @@ class Recipe:
             self.hw.memory_bytes,
             self.cfg.placement,
             os.environ.get(profile_mod.ENV_PROFILE, "auto"),
+            profile_mod.available_host_memory(),
         )
         # packed rows: each sample attends only to itself, without a (T×T) mask
         attn = attention.ATTN_IMPLEMENTATION if self.spec.hyperparameters.packing else "sdpa"
