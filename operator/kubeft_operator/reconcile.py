@@ -182,13 +182,7 @@ def decide(
         expired = ttl is not None and done is not None and now >= done + dt.timedelta(seconds=ttl)
         return Decision(status={}, delete_pods=live, delete_job=expired)
 
-    # --- deadline, like batch/v1 Job: counted from the first pod's start
-    started = parse_time(job.status.get("startTime"))
-    deadline = spec.active_deadline_seconds
-    if deadline is not None and started is not None and now >= started + dt.timedelta(seconds=deadline):
-        return fail(cond.DEADLINE_EXCEEDED, f"the job ran longer than activeDeadlineSeconds={deadline}")
-
-    # --- suspend / resume
+    # --- suspend / resume (a suspended job's deadline clock stands still, as a batch/v1 Job's)
     if spec.suspend:
         b.condition(cond.SUSPENDED, True, cond.JOB_SUSPENDED, "spec.suspend is true; checkpoints are kept")
         b.phase("Suspended", "suspended; set spec.suspend to false to resume from the latest checkpoint",
@@ -200,6 +194,16 @@ def decide(
             cond.SUSPENDED, False, cond.JOB_RESUMED, "resumed; a new pod continues from the latest checkpoint"
         )
         b.events.append(("Normal", cond.JOB_RESUMED, "resumed"))
+        if job.status.get("startTime"):  # the deadline counts again from now (batch/v1 resets it too)
+            b.status["activeSince"] = iso(now)
+
+    # --- deadline, like batch/v1 Job: from the first pod's start, or from the last resume
+    since = parse_time(
+        b.status.get("activeSince") or job.status.get("activeSince") or job.status.get("startTime")
+    )
+    deadline = spec.active_deadline_seconds
+    if deadline is not None and since is not None and now >= since + dt.timedelta(seconds=deadline):
+        return fail(cond.DEADLINE_EXCEEDED, f"the job was active for activeDeadlineSeconds={deadline}")
 
     # --- the current pod exists: follow it
     if pod is not None and not pod.deleting:
@@ -299,6 +303,7 @@ def decide(
     pod_name = resources.pod_name(job, seq)
     b.status.update(pod=pod_name, podsCreated=seq + 1, nextRetryTime=None, node=None)
     b.status.setdefault("startTime", job.status.get("startTime") or iso(now))
+    b.status.setdefault("activeSince", job.status.get("activeSince") or b.status["startTime"])
     b.condition(cond.SCHEDULED, False, cond.WAITING_FOR_NODE, f"pod {pod_name} created, waiting for a node")
     b.phase("Scheduling", f"pod {pod_name} created; {choice.message}", cond.POD_CREATED)
     return b.result(create=plan, placement=choice)

@@ -7,7 +7,9 @@ pod's process; its behaviour follows the job's name (fail-, oom-, bad-, ok-, els
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+import time
 import uuid
 from typing import Any
 
@@ -176,19 +178,27 @@ def test_suspend_stops_the_pod_and_resume_starts_a_new_one(
             if not p.metadata.deletion_timestamp
         ]
 
+    deadline = 15
     with run_operator() as runner:
-        jobs.create(ftj.job_manifest("pausable"))
+        jobs.create(ftj.job_manifest("pausable", activeDeadlineSeconds=deadline))
         ftj.wait_for(lambda: phase(jobs, "pausable") == "Initializing", what="Initializing")
         jobs.patch("pausable", {"spec": {"suspend": True}})
         ftj.wait_for(lambda: phase(jobs, "pausable") == "Suspended", what="Suspended")
         ftj.wait_for(lambda: live() == [], what="the pod to be deleted")
         assert ftj.condition(jobs.get("pausable"), "Suspended")["status"] == "True"
+        # the deadline passes while suspended: its clock stands still (the operator reconciles every 1 s)
+        started = dt.datetime.fromisoformat(jobs.get("pausable")["status"]["startTime"])
+        time.sleep(max(0.0, (started - dt.datetime.now(dt.UTC)).total_seconds() + deadline + 3))
+        assert phase(jobs, "pausable") == "Suspended"
         jobs.patch("pausable", {"spec": {"suspend": False}})
         ftj.wait_for(lambda: live() == ["pausable-trainer-1"], what="a new pod")
         ftj.wait_for(lambda: phase(jobs, "pausable") in ("Scheduling", "Initializing"), what="resumed phase")
     assert runner.exception is None
+    status = jobs.get("pausable")["status"]
     assert ftj.condition(jobs.get("pausable"), "Suspended")["status"] == "False"
-    assert (jobs.get("pausable")["status"].get("restarts") or 0) == 0
+    assert (status.get("restarts") or 0) == 0
+    # the deadline counts again from the resume
+    assert dt.datetime.fromisoformat(status["activeSince"]) >= started + dt.timedelta(seconds=deadline)
 
 
 def test_deleting_the_job_deletes_everything_it_owns(

@@ -11,7 +11,7 @@ from kubeft_operator import conditions as cond
 from kubeft_operator import placement as pl
 from kubeft_operator import resources
 from kubeft_operator.api import FineTuneJob
-from kubeft_operator.reconcile import Inputs, PodState, decide, needs_inputs
+from kubeft_operator.reconcile import Inputs, PodState, decide, iso, needs_inputs
 from kubeft_operator.settings import Settings
 from kubernetes import client
 
@@ -303,6 +303,42 @@ def test_suspend_deletes_the_pod_and_resume_creates_a_new_one() -> None:
     d = decide(job(status=st), terminating, inputs(), SETTINGS, NOW)
     assert d.create is not None and d.status["pod"] == "j-trainer-1"
     assert cond.get_condition(d.status["conditions"], cond.SUSPENDED)["status"] == "False"  # type: ignore[index]
+
+
+def test_the_deadline_clock_stands_still_while_suspended_and_restarts_on_resume() -> None:
+    # started 60 min before NOW, deadline 30 min: suspended, it stays Suspended (not Failed)
+    suspended = {**RUNNING, "phase": "Suspended", "pod": None}
+    d = decide(job(status=suspended, suspend=True, activeDeadlineSeconds=1800), {}, None, SETTINGS, NOW)
+    assert d.status["phase"] == "Suspended"
+    # resumed: a new pod, and the deadline counts from now
+    d = decide(job(status=suspended, activeDeadlineSeconds=1800), {}, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.status["activeSince"] == iso(NOW)
+    assert d.status["startTime"] == RUNNING["startTime"]  # the spec stays immutable
+    resumed = {**RUNNING, "pod": "j-trainer-1", "podsCreated": 2, "activeSince": iso(NOW)}
+    pods = {"j-trainer-1": PodState("j-trainer-1", "Running", "n")}
+    d = decide(
+        job(status=resumed, activeDeadlineSeconds=1800),
+        pods,
+        None,
+        SETTINGS,
+        NOW + dt.timedelta(seconds=1799),
+    )
+    assert d.status.get("phase") != "Failed" and not d.delete_pods
+    d = decide(
+        job(status=resumed, activeDeadlineSeconds=1800),
+        pods,
+        None,
+        SETTINGS,
+        NOW + dt.timedelta(seconds=1800),
+    )
+    assert d.status["phase"] == "Failed" and d.delete_pods == ["j-trainer-1"]
+    c = cond.get_condition(d.status["conditions"], cond.FAILED)
+    assert c is not None and c["reason"] == cond.DEADLINE_EXCEEDED
+
+
+def test_the_first_pod_starts_the_deadline_clock() -> None:
+    d = decide(job(activeDeadlineSeconds=60), {}, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.status["startTime"] == d.status["activeSince"] == iso(NOW)
 
 
 def test_deadline_and_ttl_behave_like_batch_jobs() -> None:
