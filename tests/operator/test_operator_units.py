@@ -316,21 +316,19 @@ def test_the_deadline_clock_stands_still_while_suspended_and_restarts_on_resume(
     assert d.status["startTime"] == RUNNING["startTime"]  # the spec stays immutable
     resumed = {**RUNNING, "pod": "j-trainer-1", "podsCreated": 2, "activeSince": iso(NOW)}
     pods = {"j-trainer-1": PodState("j-trainer-1", "Running", "n")}
-    d = decide(
-        job(status=resumed, activeDeadlineSeconds=1800),
-        pods,
-        None,
-        SETTINGS,
-        NOW + dt.timedelta(seconds=1799),
-    )
+
+    def after(seconds: int) -> Any:
+        return decide(
+            job(status=resumed, activeDeadlineSeconds=1800),
+            pods,
+            None,
+            SETTINGS,
+            NOW + dt.timedelta(seconds=seconds),
+        )
+
+    d = after(1799)
     assert d.status.get("phase") != "Failed" and not d.delete_pods
-    d = decide(
-        job(status=resumed, activeDeadlineSeconds=1800),
-        pods,
-        None,
-        SETTINGS,
-        NOW + dt.timedelta(seconds=1800),
-    )
+    d = after(1800)
     assert d.status["phase"] == "Failed" and d.delete_pods == ["j-trainer-1"]
     c = cond.get_condition(d.status["conditions"], cond.FAILED)
     assert c is not None and c["reason"] == cond.DEADLINE_EXCEEDED
