@@ -9,9 +9,11 @@ the end unless KUBEFT_KEEP_STACK=1.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +108,25 @@ def bucket(minio_client: Any) -> Iterator[str]:
     for obj in minio_client.list_objects(name, recursive=True):
         minio_client.remove_object(name, obj.object_name)
     minio_client.remove_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def s3_dataset(minio_client: Any) -> Callable[[str], str]:
+    """Puts a small alpaca JSONL at an s3:// URI of the stack's MinIO (bucket made if missing).
+
+    The operator places a job only once its s3:// dataset exists.
+    """
+    from kubeft.dev import tinymodel
+
+    def ensure(uri: str) -> str:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not minio_client.bucket_exists(bucket):
+            minio_client.make_bucket(bucket)
+        raw = b"".join(json.dumps(r).encode() + b"\n" for r in tinymodel.rows("alpaca"))
+        minio_client.put_object(bucket, key, io.BytesIO(raw), len(raw))
+        return uri
+
+    return ensure
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,14 @@ class Kube:
             )
         except modelconfig.ModelConfigError as exc:
             return Inputs(invalid_reason=cond.MODEL_CONFIG_UNAVAILABLE, invalid_message=str(exc))
+        problem = modelconfig.dataset_problem(
+            job.spec,
+            endpoint=job.spec.storage.endpoint or settings.default_storage_endpoint,
+            credentials=creds,
+            timeout=settings.model_config_timeout_seconds,
+        )
+        if problem is not None:
+            return Inputs(invalid_reason=problem.reason, invalid_message=problem.message)
         nodes = self.core.list_node().items
         bound = self.core.list_pod_for_all_namespaces(
             field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"

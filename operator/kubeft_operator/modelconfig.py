@@ -1,9 +1,15 @@
-"""Reads a model's config.json for the VRAM estimate: from S3/MinIO, the Hugging Face hub, or the spec.
+"""What the operator reads from storage before it places a pod.
 
-Failures raise :class:`ModelConfigError` with a message meant for the job's
-``Validated`` condition; the operator never crashes on an unreadable model.
-Results are cached per source for a few minutes (the operator asks every time it
-places a pod, and a model's shape does not change under a fixed source).
+* A model's config.json for the VRAM estimate: from S3/MinIO, the Hugging Face hub, or the spec.
+  Failures raise :class:`ModelConfigError` with a message meant for the job's ``Validated``
+  condition; the operator never crashes on an unreadable model.
+* Whether the job's ``s3://`` datasets exist (:func:`dataset_problem`), so that a job applied
+  before its data (a GitOps repository, a pipeline) waits with a condition instead of starting a
+  GPU pod that can only fail.
+
+Results are cached per source for a few minutes (the operator asks every time it places a pod,
+and a model's shape does not change under a fixed source); a missing dataset is not cached, so
+its upload is seen on the next tick.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kubeft import estimate as est
 
+from . import conditions as cond
 from .api import FineTuneJobSpec
 
 CACHE_SECONDS = 300.0
@@ -58,24 +66,30 @@ def _parse(raw: bytes, where: str) -> est.ModelShape:
         raise ModelConfigError(f"{where}: {exc}; set spec.model.architecture to estimate anyway") from exc
 
 
-def read_s3(uri: str, endpoint: str, access_key: str, secret_key: str, timeout: float) -> est.ModelShape:
-    """config.json under an ``s3://`` model source."""
+def _s3_client(endpoint: str, access_key: str, secret_key: str, timeout: float) -> Any:
+    """A MinIO/S3 client with short timeouts and one retry (the operator must not hang on storage)."""
     import urllib3
     from minio import Minio
-    from minio.error import S3Error
 
     url = urllib.parse.urlparse(endpoint)
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=timeout, read=timeout),
         retries=urllib3.Retry(total=1, backoff_factor=0.2),
     )
-    client = Minio(
+    return Minio(
         url.netloc,
         access_key=access_key,
         secret_key=secret_key,
         secure=url.scheme == "https",
         http_client=http,
     )
+
+
+def read_s3(uri: str, endpoint: str, access_key: str, secret_key: str, timeout: float) -> est.ModelShape:
+    """config.json under an ``s3://`` model source."""
+    from minio.error import S3Error
+
+    client = _s3_client(endpoint, access_key, secret_key, timeout)
     bucket, prefix = split_s3(uri)
     key = config_key(prefix)
     where = f"s3://{bucket}/{key}"
@@ -154,10 +168,89 @@ def model_shape(
     return shape
 
 
+_datasets_seen: dict[tuple[str, str], float] = {}
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    """Why a dataset cannot be used yet: a condition reason and a message."""
+
+    reason: str
+    message: str
+
+
+def _s3_source_exists(client: Any, bucket: str, key: str) -> bool:
+    """The trainer's rule: ``key`` is an object, or a prefix with objects under ``key/``."""
+    from minio.error import S3Error
+
+    if key and not key.endswith("/"):
+        try:
+            client.stat_object(bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code not in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
+                raise
+    prefix = f"{key.rstrip('/')}/" if key.strip("/") else ""
+    return any(True for _ in client.list_objects(bucket, prefix=prefix, recursive=True))
+
+
+def dataset_problem(
+    spec: FineTuneJobSpec, *, endpoint: str, credentials: Mapping[str, str], timeout: float
+) -> DatasetProblem | None:
+    """Why the job's ``s3://`` training or evaluation dataset cannot be read (None when it can).
+
+    Sources on the Hugging Face hub or local paths are left to the trainer.
+    """
+    from minio.error import S3Error
+
+    sources = [("spec.dataset.source", spec.dataset.source)]
+    if spec.dataset.eval is not None and spec.dataset.eval.source:
+        sources.append(("spec.dataset.eval.source", spec.dataset.eval.source))
+    client: Any = None
+    for what, uri in sources:
+        seen = _datasets_seen.get((uri, endpoint))
+        if not uri.startswith("s3://") or (seen is not None and time.monotonic() - seen < CACHE_SECONDS):
+            continue
+        bucket, key = split_s3(uri)
+        if client is None:
+            client = _s3_client(
+                endpoint, credentials.get("accessKey", ""), credentials.get("secretKey", ""), timeout
+            )
+        waits = "; the job waits for it and is placed once it exists"
+        try:
+            if not _s3_source_exists(client, bucket, key):
+                return DatasetProblem(
+                    cond.DATASET_NOT_FOUND,
+                    f"{what} {uri}: no such object or prefix in bucket {bucket}{waits}",
+                )
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return DatasetProblem(
+                    cond.DATASET_NOT_FOUND, f"{what} {uri}: bucket {bucket} does not exist{waits}"
+                )
+            hint = (
+                " (check the credentials Secret)"
+                if exc.code in ("AccessDenied", "InvalidAccessKeyId")
+                else ""
+            )
+            return DatasetProblem(
+                cond.DATASET_UNAVAILABLE, f"cannot check {what} {uri} on {endpoint}: {exc.code}{hint}"
+            )
+        except Exception as exc:  # network errors of every kind: the message goes to a condition
+            return DatasetProblem(
+                cond.DATASET_UNAVAILABLE,
+                f"cannot reach {endpoint} to check {what} {uri}: {type(exc).__name__}",
+            )
+        with _lock:
+            _datasets_seen[(uri, endpoint)] = time.monotonic()
+    return None
+
+
 def clear_cache() -> None:
-    """Forgets cached shapes (tests)."""
+    """Forgets cached shapes and datasets (tests)."""
     with _lock:
         _cache.clear()
+        _datasets_seen.clear()
 
 
 def shape_to_dict(shape: est.ModelShape) -> dict[str, Any]:

@@ -72,12 +72,14 @@ def test_example_is_accepted_and_placed(
     core_v1: Any,
     custom_objects: Any,
     e2e_namespace: str,
+    s3_dataset: Any,
     example: str,
     method: str,
     products: set[str],
 ) -> None:
     manifest = yaml.safe_load((EXAMPLES / example).read_text())
     name = manifest["metadata"]["name"]
+    s3_dataset(manifest["spec"]["dataset"]["source"])
     apply(stack, e2e_namespace, manifest)
     status = wait_status(custom_objects, e2e_namespace, name, placed)
     assert status["vram"]["method"] == method
@@ -87,10 +89,11 @@ def test_example_is_accepted_and_placed(
 
 
 def test_suspended_example_gets_no_pod_until_resumed(
-    stack: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str
+    stack: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str, s3_dataset: Any
 ) -> None:
     manifest = yaml.safe_load((EXAMPLES / "suspended.yaml").read_text())
     name = manifest["metadata"]["name"]
+    s3_dataset(manifest["spec"]["dataset"]["source"])
     apply(stack, e2e_namespace, manifest)
     wait_status(custom_objects, e2e_namespace, name, lambda s: s.get("phase") == "Suspended")
     time.sleep(3)
@@ -104,7 +107,7 @@ def test_suspended_example_gets_no_pod_until_resumed(
 
 
 def test_gitops_folder_renders_and_its_jobs_are_accepted(
-    stack: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str
+    stack: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str, s3_dataset: Any
 ) -> None:
     rendered = subprocess.run(
         [str(stack.bin_dir / "kubectl"), "kustomize", str(EXAMPLES / "gitops")],
@@ -118,6 +121,7 @@ def test_gitops_folder_renders_and_its_jobs_are_accepted(
     )
     for job in jobs:  # the API server validates them (in the test's namespace: team-a is not ours)
         job["metadata"].pop("namespace")
+        s3_dataset(job["spec"]["dataset"]["source"])
         apply(stack, e2e_namespace, job)
         status = wait_status(custom_objects, e2e_namespace, job["metadata"]["name"], placed)
         assert status["gpu"]["product"]

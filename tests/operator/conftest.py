@@ -139,11 +139,15 @@ def operator_env(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture()
-def run_operator(operator_env: None, namespace: str, core_v1: Any) -> Iterator[Callable[[], Any]]:
+def run_operator(
+    operator_env: None, namespace: str, core_v1: Any, s3_dataset: Callable[[str], str]
+) -> Iterator[Callable[[], Any]]:
     """A factory of context managers running the operator on the test's namespace (KopfRunner).
 
+    The minimal job's dataset exists in MinIO (the operator waits for a missing one).
     Afterwards the namespace's pods are force-deleted, freeing the shared GPU nodes at once.
     """
+    s3_dataset(job_manifest()["spec"]["dataset"]["source"])
     from kopf.testing import KopfRunner
     from kubernetes import client
 

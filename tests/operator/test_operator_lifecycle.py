@@ -99,6 +99,54 @@ def test_model_config_is_read_from_minio_and_an_unreadable_one_is_a_condition(
     assert f"s3://{bucket}/missing/config.json" in invalid["message"]
 
 
+def test_a_missing_dataset_is_a_condition_and_the_job_starts_once_it_is_uploaded(
+    jobs: Any,
+    credentials: Any,
+    run_operator: Any,
+    core_v1: Any,
+    ftj: Any,
+    stack: Any,
+    bucket: str,
+    s3_dataset: Any,
+) -> None:
+    storage = {"credentialsSecret": "storage-creds", "endpoint": stack.minio_endpoint}
+    later = f"s3://{bucket}/uploads/later.jsonl"
+    present = ftj.job_manifest()["spec"]["dataset"]["source"]
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("waits", dataset={"source": later}, storage=storage))
+        jobs.create(
+            ftj.job_manifest(
+                "no-bucket", dataset={"source": f"s3://{bucket}-gone/train.jsonl"}, storage=storage
+            )
+        )
+        jobs.create(
+            ftj.job_manifest(
+                "no-eval",
+                dataset={"source": present, "eval": {"source": f"s3://{bucket}/eval/"}},
+                storage=storage,
+            )
+        )
+
+        def validated(name: str) -> Any:
+            return ftj.wait_for(lambda: ftj.condition(jobs.get(name), "Validated"), what=f"{name} Validated")
+
+        waits, gone, no_eval = validated("waits"), validated("no-bucket"), validated("no-eval")
+        assert phase(jobs, "waits") == "Pending"
+        assert job_pods(core_v1, jobs.ns, "waits") == []
+        s3_dataset(later)  # the data arrives after the job (a GitOps repo, a pipeline)
+        ftj.wait_for(lambda: job_pods(core_v1, jobs.ns, "waits"), what="a pod once the dataset exists")
+    assert runner.exception is None
+    assert waits["status"] == "False" and waits["reason"] == "DatasetNotFound"
+    assert f"spec.dataset.source {later}: no such object or prefix in bucket {bucket}" in waits["message"]
+    assert "waits for it" in waits["message"]
+    assert gone["reason"] == "DatasetNotFound" and f"bucket {bucket}-gone does not exist" in gone["message"]
+    assert no_eval["reason"] == "DatasetNotFound" and "spec.dataset.eval.source" in no_eval["message"]
+    assert job_pods(core_v1, jobs.ns, "no-eval") == []
+    assert ftj.condition(jobs.get("waits"), "Validated")["status"] == "True"
+    warnings = [e for e in events(core_v1, jobs.ns, "waits") if e.reason == "DatasetNotFound"]
+    assert warnings and warnings[0].type == "Warning"
+
+
 def test_failed_pods_are_retried_with_backoff_then_the_job_fails_after_the_limit(
     jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
 ) -> None:

@@ -379,3 +379,17 @@ def test_builders_return_kubernetes_models() -> None:
     j, plan = _plan_and_job()
     assert isinstance(resources.get_pod(j, plan), client.V1Pod)
     assert isinstance(resources.get_config_map(j, plan), client.V1ConfigMap)
+
+
+def test_dataset_check_leaves_hub_sources_to_the_trainer_and_reports_unreachable_storage() -> None:
+    from kubeft_operator import modelconfig
+
+    modelconfig.clear_cache()
+    closed = "http://127.0.0.1:9"  # nothing listens on the discard port
+    hub = job(dataset={"source": "hf://datasets/tatsu-lab/alpaca"})
+    assert modelconfig.dataset_problem(hub.spec, endpoint=closed, credentials={}, timeout=0.5) is None
+    problem = modelconfig.dataset_problem(job().spec, endpoint=closed, credentials={}, timeout=0.5)
+    assert problem is not None and problem.reason == cond.DATASET_UNAVAILABLE
+    assert problem.message.startswith(
+        f"cannot reach {closed} to check spec.dataset.source s3://data/train.jsonl"
+    )
