@@ -44,6 +44,8 @@ TRAINER_CONFIG_FILE: Final = "job.json"  # key in the job's ConfigMap, file in T
 METRICS_PORT: Final = 9400
 METRICS_PORT_NAME: Final = "metrics"
 TERMINATION_LOG: Final = "/dev/termination-log"
+# pvc://<claim>/<path> sources: each claim is mounted read-only at PVC_ROOT/<claim>
+PVC_ROOT: Final = "/mnt/kubeft/pvc"
 
 # Environment variables the operator sets on the trainer container.
 ENV_JOB_CONFIG: Final = "KUBEFT_JOB_CONFIG"  # path to job.json
@@ -52,6 +54,7 @@ ENV_JOB_NAMESPACE: Final = "KUBEFT_JOB_NAMESPACE"
 ENV_METRICS_PORT: Final = "KUBEFT_METRICS_PORT"
 ENV_TERMINATION_LOG: Final = "KUBEFT_TERMINATION_LOG"  # override of TERMINATION_LOG (local runs)
 ENV_WORKDIR: Final = "KUBEFT_WORKDIR"  # scratch space for downloads and checkpoints
+ENV_PVC_ROOT: Final = "KUBEFT_PVC_ROOT"  # where the claims of pvc:// sources are mounted (PVC_ROOT)
 ENV_S3_ACCESS_KEY: Final = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY: Final = "AWS_SECRET_ACCESS_KEY"
 ENV_HF_TOKEN: Final = "HF_TOKEN"
@@ -86,3 +89,10 @@ def artifacts_prefix(namespace: str, name: str) -> str:
 
 
 CHECKPOINT_MANIFEST: Final = "manifest.json"  # written last: marks a checkpoint complete
+
+
+def pvc_claim(uri: str) -> str | None:
+    """The claim of a ``pvc://<claim>/<path>`` source; None for other sources."""
+    if not uri.startswith("pvc://"):
+        return None
+    return uri[len("pvc://") :].partition("/")[0] or None

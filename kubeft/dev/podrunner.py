@@ -8,7 +8,10 @@ as a local process, the way a kubelet would:
 - env: literal values, secretKeyRef / configMapKeyRef (optional honoured), fieldRef
   (metadata.name/namespace/uid, spec.nodeName, spec.serviceAccountName, status.podIP);
 - volumes: configMap, secret and emptyDir volumes are materialised under the pod's
-  directory; env values that point into a mount path are rewritten to the local copy;
+  directory; a persistentVolumeClaim is the directory of the hostPath or local
+  PersistentVolume it is bound to (read-only is not enforced); the pod's mounts are mirrored
+  under its directory, and env values that point into a mount path, or into a directory
+  that holds mounts, are rewritten to that mirror;
 - the pod's ServiceAccount: a bound token from the TokenRequest API, handed over as a
   kubeconfig (KUBECONFIG), so the process talks to the API server with exactly the
   RBAC rights the pod would have;
@@ -171,9 +174,12 @@ class PodRunner:
         threading.Thread(target=self._wait, args=(pod, run), daemon=True).start()
 
     def _materialise_volumes(self, pod: Any, container: Any, workdir: Path) -> dict[str, Path]:
-        """mountPath → local directory, for configMap, secret, emptyDir and the SA token volume."""
+        """mountPath → local directory, for configMap, secret, emptyDir, PVC and the SA token volume."""
         sources: dict[str, Path] = {}
         for vol in pod.spec.volumes or []:
+            if vol.persistent_volume_claim is not None:
+                sources[vol.name] = self._claim_dir(pod, vol.persistent_volume_claim.claim_name)
+                continue
             local = workdir / "volumes" / vol.name
             local.mkdir(parents=True, exist_ok=True)
             if vol.config_map is not None:
@@ -191,6 +197,37 @@ class PodRunner:
             if m.name in sources:
                 mounts[m.mount_path.rstrip("/")] = sources[m.name] / (m.sub_path or "")
         return mounts
+
+    def _claim_dir(self, pod: Any, claim: str) -> Path:
+        """The directory of the hostPath/local PersistentVolume a claim is bound to."""
+        from kubernetes.client.rest import ApiException
+
+        ns = pod.metadata.namespace
+        try:
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, ns)
+        except ApiException as exc:
+            raise RuntimeError(f'persistentvolumeclaim "{claim}" not found') from exc
+        if not pvc.spec.volume_name:
+            raise RuntimeError(f'persistentvolumeclaim "{claim}" is not bound')
+        pv = self.core.read_persistent_volume(pvc.spec.volume_name)
+        src = pv.spec.host_path or pv.spec.local
+        if src is None or not src.path:
+            raise RuntimeError(
+                f"persistentvolume {pv.metadata.name}: the local pod runner mounts only hostPath and "
+                "local volumes"
+            )
+        return Path(src.path)
+
+    @staticmethod
+    def _mirror(workdir: Path, mounts: dict[str, Path]) -> Path:
+        """The container's view of its mounts under ``workdir/root``: each mount path a symlink."""
+        root = workdir / "root"
+        for mount, local in mounts.items():
+            link = root / mount.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(local.resolve(), target_is_directory=True)
+        return root
 
     @staticmethod
     def _write_items(local: Path, data: dict[str, bytes], items: Any) -> None:
@@ -271,12 +308,14 @@ class PodRunner:
             else:
                 continue
             env.update({prefix + k: v.decode() for k, v in data.items()})
-        # paths into mounted volumes → their local copies (longest mount path first)
+        # paths into mounted volumes, or into directories holding mounts → the mirror of the mounts
+        root = self._mirror(workdir, mounts)
         for key, value in list(env.items()):
-            for mount in sorted(mounts, key=len, reverse=True):
-                if value == mount or value.startswith(mount + "/"):
-                    env[key] = str(mounts[mount]) + value[len(mount) :]
-                    break
+            if value.startswith("/") and any(
+                value == m or value.startswith(m + "/") or m.startswith(value.rstrip("/") + "/")
+                for m in mounts
+            ):
+                env[key] = str(root) + value
         # the pod's own identity: a bound ServiceAccount token in a kubeconfig
         env["KUBECONFIG"] = str(self._kubeconfig(pod, workdir))
         env[contract.ENV_TERMINATION_LOG] = str(workdir / "termination-log")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -580,12 +581,31 @@ def _health(name: str) -> Callable[[], bool]:
     raise KeyError(name)
 
 
+def _podrunner_code() -> str:
+    """Fingerprint of the pod runner's source: a running runner with other code is restarted by `up`."""
+    here = Path(__file__).resolve().parent
+    files = (here / "podrunner.py", here / "kube.py", here.parent / "contract.py")
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+
+
 def start_component(name: str, timeout: float = 120.0) -> None:
     """Starts one component (if it isn't running) and waits until it is healthy."""
     if _pid(name) is None:
         argv, env = _argv(name)
         _start(name, argv, env)
+        if name == "podrunner":
+            (STATE / "podrunner.code").write_text(_podrunner_code())
     _wait(name, _health(name), timeout)
+
+
+def _restart_stale_podrunner() -> None:
+    """A developer edited the pod runner: the running one would keep the old behaviour."""
+    recorded = STATE / "podrunner.code"
+    if recorded.exists() and recorded.read_text() == _podrunner_code():
+        return
+    log.warning("the pod runner's code changed since it started: restarting it (running pods restart)")
+    stop_component("podrunner")
+    start_component("podrunner")
 
 
 def stop_component(name: str) -> None:
@@ -614,6 +634,7 @@ def up() -> StackInfo:
     """Brings the whole stack up and returns where it is; a no-op when it already runs."""
     if is_running():
         log.info("local stack already running (%s)", STATE)
+        _restart_stale_podrunner()
         return info()
     if any(_pid(n) is not None for n in COMPONENTS):
         log.info("a partial stack is running; stopping it first")

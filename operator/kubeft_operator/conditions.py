@@ -23,6 +23,7 @@ MODEL_CONFIG_UNAVAILABLE: Final = "ModelConfigUnavailable"
 SECRET_NOT_FOUND: Final = "SecretNotFound"
 DATASET_NOT_FOUND: Final = "DatasetNotFound"  # an s3:// dataset that does not exist (yet): the job waits
 DATASET_UNAVAILABLE: Final = "DatasetUnavailable"  # storage could not be asked
+CLAIM_NOT_FOUND: Final = "ClaimNotFound"  # the PersistentVolumeClaim of a pvc:// source does not exist
 SECRET_KEY_MISSING: Final = "SecretKeyMissing"
 GPU_FITS: Final = "GPUFits"
 INSUFFICIENT_GPU_MEMORY: Final = "InsufficientGPUMemory"

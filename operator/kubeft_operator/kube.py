@@ -102,6 +102,19 @@ class Kube:
                 invalid_reason=cond.SECRET_KEY_MISSING,
                 invalid_message=f"Secret {secret_name!r} has no key {' or '.join(missing)}",
             )
+        for claim, fields in resources.source_claims(job).items():
+            try:
+                self.core.read_namespaced_persistent_volume_claim(claim, job.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                return Inputs(
+                    invalid_reason=cond.CLAIM_NOT_FOUND,
+                    invalid_message=(
+                        f"{' and '.join(fields)}: PersistentVolumeClaim {claim!r} not found in namespace "
+                        f"{job.namespace}; the job waits for it"
+                    ),
+                )
         creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
         try:
             shape = modelconfig.model_shape(

@@ -139,6 +139,39 @@ def get_config_map(job: FineTuneJob, plan: Plan) -> client.V1ConfigMap:
     )
 
 
+def source_claims(job: FineTuneJob) -> dict[str, list[str]]:
+    """Claims of the job's ``pvc://`` sources → the spec fields that name them (in spec order)."""
+    ds = job.spec.dataset
+    fields = [("spec.model.source", job.spec.model.source), ("spec.dataset.source", ds.source)]
+    if ds.eval is not None and ds.eval.source:
+        fields.append(("spec.dataset.eval.source", ds.eval.source))
+    claims: dict[str, list[str]] = {}
+    for what, uri in fields:
+        claim = contract.pvc_claim(uri)
+        if claim:
+            claims.setdefault(claim, []).append(what)
+    return claims
+
+
+def _claim_volumes(job: FineTuneJob) -> tuple[list[client.V1Volume], list[client.V1VolumeMount]]:
+    """A read-only volume per claim of a pvc:// source, mounted at PVC_ROOT/<claim>."""
+    volumes, mounts = [], []
+    for i, claim in enumerate(source_claims(job)):
+        name = f"source-{i}"
+        volumes.append(
+            client.V1Volume(
+                name=name,
+                persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=claim, read_only=True
+                ),
+            )
+        )
+        mounts.append(
+            client.V1VolumeMount(name=name, mount_path=f"{contract.PVC_ROOT}/{claim}", read_only=True)
+        )
+    return volumes, mounts
+
+
 def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
     secret = job.spec.storage.credentials_secret
 
@@ -164,6 +197,8 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
     ]
     if plan.has_hf_token:
         env.append(from_secret(contract.ENV_HF_TOKEN, contract.SECRET_HF_TOKEN, optional=True))
+    if source_claims(job):
+        env.append(client.V1EnvVar(name=contract.ENV_PVC_ROOT, value=contract.PVC_ROOT))
     return env
 
 
@@ -216,6 +251,7 @@ def get_pod(job: FineTuneJob, plan: Plan) -> client.V1Pod:
     if res.memory is not None:
         requests["memory"] = limits["memory"] = str(res.memory)
     uid = plan.settings.trainer_run_as_user
+    claim_volumes, claim_mounts = _claim_volumes(job)
     container = client.V1Container(
         name=contract.TRAINER_CONTAINER,
         image=plan.settings.trainer_image,
@@ -228,6 +264,7 @@ def get_pod(job: FineTuneJob, plan: Plan) -> client.V1Pod:
             client.V1VolumeMount(name=CONFIG_VOLUME, mount_path=contract.TRAINER_CONFIG_DIR, read_only=True),
             client.V1VolumeMount(name=WORK_VOLUME, mount_path=plan.settings.workdir),
             client.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"),
+            *claim_mounts,
         ],
         termination_message_path=contract.TERMINATION_LOG,
         termination_message_policy="FallbackToLogsOnError",
@@ -272,6 +309,7 @@ def get_pod(job: FineTuneJob, plan: Plan) -> client.V1Pod:
                     name=SHM_VOLUME,
                     empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit="2Gi"),
                 ),
+                *claim_volumes,
             ],
         ),
     )

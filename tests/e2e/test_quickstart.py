@@ -128,3 +128,77 @@ def test_prometheus_has_the_jobs_series_by_namespace_and_job(stack: Any, e2e_nam
     )
     names = {s["__name__"] for s in r.json()["data"]}
     assert {"kubeft_trainer_train_loss", "kubeft_trainer_tokens_per_second", "kubeft_trainer_step"} <= names
+
+
+def test_model_and_dataset_read_from_a_persistent_volume_claim(
+    stack: Any, api_client: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str, tmp_path: Path
+) -> None:
+    """pvc:// sources: the operator mounts the claim read-only, the trainer reads it in place."""
+    import json
+
+    from kubernetes import client
+
+    from kubeft.dev import tinymodel
+
+    ns, name = e2e_namespace, "from-pvc"
+    volume = tmp_path / "volume"  # a hostPath PersistentVolume: the pod runner mounts its directory
+    tinymodel.build_tiny_model(volume / "models" / "tiny")
+    tinymodel.write_jsonl(volume / "data" / "train.jsonl", tinymodel.rows("alpaca") * 4)
+    pv_name, claim = f"{ns}-store", "store"
+    core_v1.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=pv_name),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Gi"},
+                access_modes=["ReadOnlyMany"],
+                storage_class_name="",
+                host_path=client.V1HostPathVolumeSource(path=str(volume)),
+            ),
+        )
+    )
+    try:
+        core_v1.create_namespaced_persistent_volume_claim(
+            ns,
+            client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name=claim),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadOnlyMany"],
+                    storage_class_name="",
+                    volume_name=pv_name,
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+                ),
+            ),
+        )
+        cfg = json.loads((volume / "models" / "tiny" / "config.json").read_text())
+        architecture = {
+            "hiddenSize": cfg["hidden_size"], "numLayers": cfg["num_hidden_layers"],
+            "numHeads": cfg["num_attention_heads"], "numKvHeads": cfg["num_key_value_heads"],
+            "intermediateSize": cfg["intermediate_size"], "vocabSize": cfg["vocab_size"],
+            "tieWordEmbeddings": cfg.get("tie_word_embeddings", False),
+        }  # fmt: skip
+        manifest = quickstart(
+            name,
+            model={"source": f"pvc://{claim}/models/tiny", "architecture": architecture},
+            dataset={"source": f"pvc://{claim}/data/train.jsonl", "eval": {"split": 0.1, "everySteps": 5}},
+            hyperparameters={"epochs": 1},
+            export={"formats": ["adapter"]},
+        )
+        apply(stack, ns, manifest)
+        job = demo.watch(api_client, timeout=600, namespace=ns, name=name)
+        assert job is not None
+        status = job["status"]
+        assert status["phase"] == "Succeeded", status
+        # the trainer pod mounted the claim read-only where the trainer looks for it
+        (pod,) = core_v1.list_namespaced_pod(ns, label_selector=f"{contract.LABEL_JOB}={name}").items
+        (vol,) = [v for v in pod.spec.volumes if v.persistent_volume_claim is not None]
+        assert vol.persistent_volume_claim.claim_name == claim and vol.persistent_volume_claim.read_only
+        mount = next(m for m in pod.spec.containers[0].volume_mounts if m.name == vol.name)
+        assert mount.mount_path == f"{contract.PVC_ROOT}/{claim}" and mount.read_only
+        bucket, prefix = status["artifacts"]["adapter"].removeprefix("s3://").split("/", 1)
+        names = [
+            o.object_name for o in stack.minio_client().list_objects(bucket, prefix=prefix, recursive=True)
+        ]
+        assert any(n.endswith("adapter_model.safetensors") for n in names), names
+    finally:
+        core_v1.delete_namespaced_persistent_volume_claim(claim, ns)
+        core_v1.delete_persistent_volume(pv_name)

@@ -15,6 +15,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("method not in the enum", {"method": "dpo"}, 'supported values: "qlora", "lora", "full", "auto"'),
     ("model source not a URI", {"model": {"source": "llama-3"}}, "model.source must be s3://"),
     ("model source with http", {"model": {"source": "https://x/y"}}, "model.source must be s3://"),
+    ("pvc model without architecture", {"model": {"source": "pvc://models/llama/"}},
+     "model.architecture is required with a pvc:// model"),
     ("dataset without source", {"dataset": {"format": "alpaca"}}, "spec.dataset.source: Required value"),
     ("dataset source bucket only", {"dataset": {"source": "s3://data"}}, "dataset.source must be s3://"),
     ("dataset format unknown", {"dataset": {"source": "s3://dd/x.jsonl", "format": "csv"}}, '"alpaca"'),

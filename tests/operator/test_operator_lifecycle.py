@@ -147,6 +147,37 @@ def test_a_missing_dataset_is_a_condition_and_the_job_starts_once_it_is_uploaded
     assert warnings and warnings[0].type == "Warning"
 
 
+def test_a_missing_claim_is_a_condition_and_the_job_starts_once_it_exists(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+) -> None:
+    model = {**ftj.job_manifest()["spec"]["model"], "source": "pvc://weights/llama-3.2-1b"}
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("on-pvc", model=model))
+        waiting = ftj.wait_for(lambda: ftj.condition(jobs.get("on-pvc"), "Validated"), what="Validated")
+        assert job_pods(core_v1, jobs.ns, "on-pvc") == []
+        core_v1.create_namespaced_persistent_volume_claim(
+            jobs.ns,
+            client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name="weights"),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadOnlyMany"],
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+                ),
+            ),
+        )
+        (pod,) = ftj.wait_for(
+            lambda: job_pods(core_v1, jobs.ns, "on-pvc"), what="a pod once the claim exists"
+        )
+    assert runner.exception is None
+    assert waiting["status"] == "False" and waiting["reason"] == "ClaimNotFound"
+    assert waiting["message"] == (
+        f"spec.model.source: PersistentVolumeClaim 'weights' not found in namespace {jobs.ns}; "
+        "the job waits for it"
+    )
+    claims = [v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim]
+    assert claims == ["weights"]
+
+
 def test_failed_pods_are_retried_with_backoff_then_the_job_fails_after_the_limit(
     jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
 ) -> None:

@@ -165,6 +165,29 @@ def _plan_and_job(**spec: Any) -> tuple[FineTuneJob, Any]:
     return j, d.create
 
 
+def test_pvc_sources_are_mounted_read_only_once_per_claim() -> None:
+    j, plan = _plan_and_job(
+        model={"source": "pvc://models/llama-3.2-1b"},
+        dataset={"source": "pvc://data/train.jsonl", "eval": {"source": "pvc://models/eval.jsonl"}},
+    )
+    assert resources.source_claims(j) == {
+        "models": ["spec.model.source", "spec.dataset.eval.source"],
+        "data": ["spec.dataset.source"],
+    }
+    pod = resources.get_pod(j, plan)
+    claims = {v.name: v.persistent_volume_claim for v in pod.spec.volumes if v.persistent_volume_claim}
+    assert sorted((c.claim_name, c.read_only) for c in claims.values()) == [("data", True), ("models", True)]
+    c = pod.spec.containers[0]
+    mounts = {m.mount_path: m.read_only for m in c.volume_mounts if m.name in claims}
+    assert mounts == {f"{contract.PVC_ROOT}/models": True, f"{contract.PVC_ROOT}/data": True}
+    assert {e.name: e.value for e in c.env}[contract.ENV_PVC_ROOT] == contract.PVC_ROOT
+    # no pvc:// source: no claim volume, no PVC root
+    j, plan = _plan_and_job()
+    pod = resources.get_pod(j, plan)
+    assert not any(v.persistent_volume_claim for v in pod.spec.volumes)
+    assert contract.ENV_PVC_ROOT not in {e.name for e in pod.spec.containers[0].env}
+
+
 def test_trainer_pod_follows_the_contract() -> None:
     j, plan = _plan_and_job(
         resources={

@@ -166,3 +166,27 @@ def test_eval_split_holds_out_rows_reproducibly(dataset_file: Any, tiny_tokenize
     assert first is not None and second is not None
     assert len(built[0].train) == 32 and len(first) == 8
     assert first["input_ids"] == second["input_ids"]
+
+
+def test_pvc_sources_are_read_in_place_from_the_mounted_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeft_trainer.storage import Storage
+
+    from kubeft import contract
+
+    root = tmp_path / "pvc"
+    (root / "data" / "sets").mkdir(parents=True)
+    (root / "data" / "sets" / "train.jsonl").write_text("{}\n")
+    monkeypatch.setenv(contract.ENV_PVC_ROOT, str(root))
+    storage = Storage(None, "kubeft", tmp_path / "store")
+    dest = tmp_path / "dest"
+    got = storage.fetch("pvc://data/sets/train.jsonl", dest, "spec.dataset.source")
+    assert got == root / "data" / "sets" / "train.jsonl" and not dest.exists()  # nothing copied
+    assert storage.fetch("pvc://data/sets/", dest, "spec.dataset.source") == root / "data" / "sets"
+    with pytest.raises(InvalidInputError, match="no such file or directory in the claim data"):
+        storage.fetch("pvc://data/sets/eval.jsonl", dest, "spec.dataset.eval.source")
+    with pytest.raises(InvalidInputError, match=f"the claim models is not mounted at {root}/models"):
+        storage.fetch("pvc://models/llama", dest, "spec.model.source")
+    with pytest.raises(InvalidInputError, match="expected pvc://<claim>/<path>"):
+        storage.fetch("pvc://data", dest, "spec.model.source")

@@ -315,21 +315,38 @@ class Storage:
         """Makes `uri` available locally and returns the local path (a file or a directory).
 
         s3://bucket/key → the object, or every object under the prefix; hf://org/name[@rev]
-        → a Hub snapshot (hf://datasets/org/name for a dataset repo); anything else is a local
-        path (or file://). Missing sources are InvalidInputError: a retry cannot create them.
+        → a Hub snapshot (hf://datasets/org/name for a dataset repo); pvc://claim/path → the path
+        in the claim, which the operator mounted read-only at $KUBEFT_PVC_ROOT/claim; anything
+        else is a local path (or file://). Missing sources are InvalidInputError: a retry cannot
+        create them.
         """
         if uri.startswith("s3://"):
             return self._fetch_s3(uri, dest, what)
         if uri.startswith("hf://"):
             return self._fetch_hf(uri, dest, what)
         if uri.startswith("pvc://"):
-            raise InvalidInputError(
-                f"{what} {uri}: pvc:// sources are not supported by this trainer yet (the claim is not "
-                "mounted); use s3:// or hf://"
-            )
+            return self._pvc_path(uri, what)
         path = Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
         if not path.exists():
             raise InvalidInputError(f"{what} {uri}: no such file or directory")
+        return path
+
+    @staticmethod
+    def _pvc_path(uri: str, what: str) -> Path:
+        """A pvc:// source read in place from its mounted claim (nothing is copied)."""
+        claim = contract.pvc_claim(uri)
+        rel = uri[len("pvc://") :].partition("/")[2].strip("/")
+        if not claim or not rel:
+            raise InvalidInputError(f"{what} {uri}: expected pvc://<claim>/<path>")
+        mount = Path(os.environ.get(contract.ENV_PVC_ROOT, contract.PVC_ROOT)) / claim
+        if not mount.is_dir():
+            raise InvalidInputError(
+                f"{what} {uri}: the claim {claim} is not mounted at {mount} (the operator mounts the "
+                "claims of pvc:// sources; is this pod the operator's?)"
+            )
+        path = mount / rel
+        if not path.exists():
+            raise InvalidInputError(f"{what} {uri}: no such file or directory in the claim {claim}")
         return path
 
     def _fetch_s3(self, uri: str, dest: Path, what: str) -> Path:
