@@ -270,6 +270,14 @@ def pod_state(pod: client.V1Pod) -> PodState:
         if cs.name == contract.TRAINER_CONTAINER and term is not None:
             exit_code, reason, message = term.exit_code, term.reason, term.message
             reason, message = _trainer_termination(reason, message)
+    unschedulable = next(
+        (
+            c.message
+            for c in status.conditions or []
+            if c.type == "PodScheduled" and c.status == "False" and c.message
+        ),
+        None,
+    )
     return PodState(
         name=pod.metadata.name,
         phase=status.phase or "Pending",
@@ -278,6 +286,7 @@ def pod_state(pod: client.V1Pod) -> PodState:
         exit_code=exit_code,
         reason=reason or status.reason,
         message=message or status.message,
+        unschedulable=unschedulable,
     )
 
 

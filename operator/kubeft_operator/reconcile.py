@@ -44,6 +44,7 @@ class PodState:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    unschedulable: str | None = None  # the scheduler's reason why no node fits (PodScheduled=False)
 
     @property
     def terminated(self) -> bool:
@@ -221,7 +222,12 @@ def decide(
             b.status["node"] = pod.node
             b.condition(cond.SCHEDULED, True, cond.POD_BOUND, f"pod {pod.name} is bound to node {pod.node}")
         else:
-            b.condition(cond.SCHEDULED, False, cond.WAITING_FOR_NODE, f"pod {pod.name} waits for a node")
+            waiting = f"pod {pod.name} waits for a node"
+            if pod.unschedulable:  # e.g. an unbound claim, GPUs held by others, a taint not tolerated
+                waiting += f": {pod.unschedulable}"
+            b.condition(cond.SCHEDULED, False, cond.WAITING_FOR_NODE, waiting)
+            if pod.unschedulable and job.phase == "Scheduling":
+                b.status["message"] = cond.cap(waiting)
         if pod.phase == "Running" and job.phase not in (*TRAINER_PHASES, "Initializing"):
             b.phase("Initializing", f"pod {pod.name} is running on {pod.node}", cond.POD_BOUND)
         elif job.phase in ("", "Pending", "Suspended"):

@@ -168,7 +168,17 @@ def test_a_missing_claim_is_a_condition_and_the_job_starts_once_it_exists(
         (pod,) = ftj.wait_for(
             lambda: job_pods(core_v1, jobs.ns, "on-pvc"), what="a pod once the claim exists"
         )
+
+        def scheduler_says() -> Any:
+            c = ftj.condition(jobs.get("on-pvc"), "Scheduled")
+            return c if c and "unbound" in c["message"] else None
+
+        # no PersistentVolume binds the claim: the scheduler says so, and so does the job
+        scheduled = ftj.wait_for(scheduler_says, what="the scheduler's reason in the Scheduled condition")
     assert runner.exception is None
+    assert scheduled["status"] == "False" and scheduled["reason"] == "WaitingForNode"
+    assert "pod has unbound immediate PersistentVolumeClaims" in scheduled["message"]
+    assert "unbound immediate PersistentVolumeClaims" in jobs.get("on-pvc")["status"]["message"]
     assert waiting["status"] == "False" and waiting["reason"] == "ClaimNotFound"
     assert waiting["message"] == (
         f"spec.model.source: PersistentVolumeClaim 'weights' not found in namespace {jobs.ns}; "
