@@ -188,6 +188,51 @@ def test_a_missing_claim_is_a_condition_and_the_job_starts_once_it_exists(
     assert claims == ["weights"]
 
 
+def test_model_config_is_read_from_the_hub_with_the_secrets_token(
+    jobs: Any,
+    credentials: dict[str, str],
+    run_operator: Any,
+    ftj: Any,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubeft.dev import fakehub
+
+    llama = tmp_path / "llama-8b"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps(est.KNOWN_SHAPES["llama-3.1-8b"]))
+    token = credentials[contract.SECRET_HF_TOKEN]
+    repos = {("model", "meta-llama/Llama-3.1-8B-Instruct"): llama, ("model", "org/other-gated"): llama}
+    gated = {
+        ("model", "meta-llama/Llama-3.1-8B-Instruct"): token,
+        ("model", "org/other-gated"): "hf_not_ours",
+    }
+    with fakehub.serve(fakehub.FakeHub(repos, gated)) as hub:
+        monkeypatch.setenv("KUBEFT_HF_ENDPOINT", hub.url)
+        with run_operator() as runner:
+            jobs.create(
+                ftj.job_manifest("from-hub", model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct"})
+            )
+            jobs.create(ftj.job_manifest("gated", model={"source": "hf://org/other-gated@v2"}))
+            placed = ftj.wait_for(
+                lambda: (jobs.get("from-hub").get("status") or {}).get("gpu"), what="placement"
+            )
+            refused = ftj.wait_for(lambda: ftj.condition(jobs.get("gated"), "Validated"), what="Validated")
+    assert runner.exception is None
+    # the 8B shape came from the hub's config.json: QLoRA of 8B fits the L4
+    vram = jobs.get("from-hub")["status"]["vram"]
+    weights = est.estimate(est.known_shape("llama-3.1-8b"), est.Setup(method="qlora")).weights
+    assert placed["product"] == "NVIDIA-L4" and vram["breakdown"]["weights"] == weights
+    config_reads = [r for r in hub.requests if r[1].endswith("/config.json")]
+    assert ("GET", "/meta-llama/Llama-3.1-8B-Instruct/resolve/main/config.json", token) in config_reads
+    assert ("GET", "/org/other-gated/resolve/v2/config.json", token) in config_reads  # the revision
+    assert refused["status"] == "False" and refused["reason"] == "ModelConfigUnavailable"
+    assert refused["message"] == (
+        "cannot read config.json of hf://org/other-gated@v2: HTTP 403 "
+        "(gated or private: put hfToken in the credentials Secret)"
+    )
+
+
 def test_failed_pods_are_retried_with_backoff_then_the_job_fails_after_the_limit(
     jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
 ) -> None:

@@ -190,3 +190,13 @@ def test_pvc_sources_are_read_in_place_from_the_mounted_claim(
         storage.fetch("pvc://models/llama", dest, "spec.model.source")
     with pytest.raises(InvalidInputError, match="expected pvc://<claim>/<path>"):
         storage.fetch("pvc://data", dest, "spec.model.source")
+
+
+def test_a_dataset_folder_leaves_out_hidden_folders(tmp_path: Path) -> None:
+    # a hub download keeps its bookkeeping (JSON) under .cache/: not training data
+    write_jsonl(tmp_path / "ds" / "part-1.jsonl", [{"text": "a"}])
+    write_jsonl(tmp_path / "ds" / "more" / "part-2.json", [{"text": "b"}])
+    (tmp_path / "ds" / ".cache" / "huggingface" / "trees").mkdir(parents=True)
+    (tmp_path / "ds" / ".cache" / "huggingface" / "trees" / "c0ffee.json").write_text("[]")
+    got = [p.relative_to(tmp_path / "ds").as_posix() for p in data.data_files(tmp_path / "ds")]
+    assert got == ["more/part-2.json", "part-1.jsonl"]

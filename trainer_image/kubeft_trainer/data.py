@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeft_trainer.errors import InvalidInputError
+from kubeft_trainer.storage import visible_files
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def data_files(path: Path) -> list[Path]:
     """The data files of a file or a directory (every .jsonl/.json, sorted)."""
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+    # hidden folders are not data: a hub download's .cache/huggingface, .ipynb_checkpoints, ...
+    files = [p for p in visible_files(path) if p.suffix in DATA_SUFFIXES]
     if not files:
         raise InvalidInputError(f"dataset {path}: no {', '.join(DATA_SUFFIXES)} files found")
     return files

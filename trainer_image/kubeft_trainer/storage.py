@@ -132,7 +132,7 @@ def retry(
 
 
 def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line: it ends up in a condition
     return text if len(text) < 200 else text[:197] + "..."
 
 
@@ -395,11 +395,19 @@ class Storage:
                 token=os.environ.get(contract.ENV_HF_TOKEN) or None,
             )
         except Exception as exc:
+            text = _short(exc)
+            token = os.environ.get(contract.ENV_HF_TOKEN)
+            if "GatedRepoError" in text or " 401 " in text or " 403 " in text:
+                text += (
+                    " (gated: accept the model's terms on the hub with the account of the token in hfToken)"
+                    if token
+                    else " (gated or private: put an hfToken in the credentials Secret)"
+                )
             raise InvalidInputError(
-                f"{what} {uri}: cannot download from the Hugging Face Hub: {_short(exc)}"
+                f"{what} {uri}: cannot download from the Hugging Face Hub: {text}"
             ) from exc
-        if split:
-            files = sorted(p for p in Path(path).rglob(f"*{split}*") if p.is_file())
+        if split:  # the split's data file, not the download's bookkeeping under .cache/
+            files = visible_files(Path(path), f"*{split}*")
             if not files:
                 raise InvalidInputError(f"{what} {uri}: no files for split {split!r} in the repository")
             return files[0]
@@ -408,6 +416,15 @@ class Storage:
     def _bounded(self) -> RetryPolicy:
         # Downloads at start-up wait a while for storage to come back, but not forever.
         return RetryPolicy(self.policy.initial_seconds, self.policy.max_seconds, deadline_seconds=600.0)
+
+
+def visible_files(root: Path, pattern: str = "*") -> list[Path]:
+    """Files under `root` matching `pattern`, sorted, leaving out hidden files and folders (.cache/, ...)."""
+    return sorted(
+        p
+        for p in root.rglob(pattern)
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def dir_files(root: Path) -> Iterable[Path]:
