@@ -43,11 +43,19 @@ def set_phase(namespace: str, name: str, phase: str | None) -> None:
 class _JobsByPhase(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("kubeft_operator_jobs", "FineTuneJobs by phase.", labels=["phase"])
+        per_job = GaugeMetricFamily(
+            "kubeft_operator_job_phase",
+            "1 for each FineTuneJob's current phase (the alerts of charts/kubeft/files/alerts.yaml).",
+            labels=["namespace", "job", "phase"],
+        )
         with _lock:
-            counts = _Count(_phases.values())
-        for phase, n in sorted(counts.items()):
+            phases = dict(_phases)
+        for phase, n in sorted(_Count(phases.values()).items()):
             family.add_metric([phase], n)
+        for (namespace, name), phase in sorted(phases.items()):
+            per_job.add_metric([namespace, name, phase], 1)
         yield family
+        yield per_job
 
 
 REGISTRY.register(_JobsByPhase())

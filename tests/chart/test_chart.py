@@ -173,3 +173,27 @@ def tomllib_scripts() -> dict[str, str]:
     import tomllib
 
     return dict(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def test_alerting_rules_pass_promtool_and_the_chart_installs_them_unchanged() -> None:
+    rules = CHART / "files" / "alerts.yaml"
+    tests = Path(__file__).resolve().parent / "alerts_test.yaml"
+    for argv in (["check", "rules", str(rules)], ["test", "rules", str(tests)]):
+        res = subprocess.run(["promtool", *argv], capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert by_kind(render(), "PrometheusRule") == []  # off by default
+    (rule,) = by_kind(render("alerts.enabled=true", "alerts.labels.release=prom"), "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(rules.read_text())
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"KubeftJobFailed", "KubeftTrainingStalled", "KubeftTrainingLossNotFinite"} <= alerts
+    # the series the rules read are the ones the operator and the trainer export
+    from kubeft_operator import metrics as operator_metrics
+    from kubeft_trainer import metrics as trainer_metrics
+
+    exported = {trainer_metrics.metric_name(n) for n in trainer_metrics.METRICS} | {
+        "kubeft_operator_job_phase",
+        operator_metrics.ERRORS._name + "_total",
+    }
+    used = set(re.findall(r"kubeft_[a-z_]+", rules.read_text()))
+    assert used <= exported, used - exported

@@ -264,13 +264,30 @@ def test_out_of_memory_failure_says_so_and_suggests_a_fix(
 
 
 def test_invalid_input_is_not_retried_and_success_completes(
-    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import socket
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("KUBEFT_METRICS_PORT", str(port))
     with run_operator():
         jobs.create(ftj.job_manifest("bad-input", backoffLimit=3))
         jobs.create(ftj.job_manifest("ok-job"))
         ftj.wait_for(lambda: phase(jobs, "bad-input") == "Failed", what="bad-input Failed")
         ftj.wait_for(lambda: phase(jobs, "ok-job") == "Succeeded", what="ok-job Succeeded")
+
+        def exposition() -> str:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return text if f'job="ok-job",namespace="{jobs.ns}",phase="Succeeded"' in text else ""
+
+        # what the alerts read (charts/kubeft/files/alerts.yaml): each job's phase, labelled with it
+        text = ftj.wait_for(exposition, what="the phases in the operator's metrics")
+    assert f'kubeft_operator_job_phase{{job="bad-input",namespace="{jobs.ns}",phase="Failed"}} 1.0' in text
+    assert f'kubeft_operator_job_phase{{job="ok-job",namespace="{jobs.ns}",phase="Succeeded"}} 1.0' in text
     assert ftj.condition(jobs.get("bad-input"), "Failed")["reason"] == "InvalidInput"
     assert len(job_pods(core_v1, jobs.ns, "bad-input")) == 1
     assert (jobs.get("bad-input")["status"].get("restarts") or 0) == 0

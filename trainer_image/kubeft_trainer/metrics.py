@@ -34,6 +34,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "total_steps": ("gauge", "Optimizer steps planned"),
     "epoch": ("gauge", "Fractional epoch"),
     "eta_seconds": ("gauge", "Estimated seconds until training ends"),
+    "gpu_memory_total_bytes": ("gauge", "Memory of the GPU the trainer runs on"),
     "gpu_memory_allocated_bytes": ("gauge", "GPU memory allocated by tensors"),
     "gpu_memory_reserved_bytes": ("gauge", "GPU memory reserved by the caching allocator"),
     "gpu_memory_peak_allocated_bytes": ("gauge", "Peak GPU memory allocated by tensors"),
@@ -121,6 +122,7 @@ class TrainerMetrics:
         readings: dict[str, int] = {"process_resident_memory_bytes": resident_memory_bytes()}
         if torch.cuda.is_available():
             readings.update(
+                gpu_memory_total_bytes=torch.cuda.get_device_properties(0).total_memory,
                 gpu_memory_allocated_bytes=torch.cuda.memory_allocated(),
                 gpu_memory_reserved_bytes=torch.cuda.memory_reserved(),
                 gpu_memory_peak_allocated_bytes=torch.cuda.max_memory_allocated(),
