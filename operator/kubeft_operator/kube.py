@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +85,8 @@ class Kube:
     def inputs(self, job: FineTuneJob, settings: Settings) -> Inputs:
         """Credentials check, model shape and GPU classes, for placing a pod."""
         secret_name = job.spec.storage.credentials_secret
-        try:
-            secret = self.core.read_namespaced_secret(secret_name, job.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
+        if secret is None:
             return Inputs(
                 invalid_reason=cond.SECRET_NOT_FOUND,
                 invalid_message=(
@@ -103,11 +101,7 @@ class Kube:
                 invalid_message=f"Secret {secret_name!r} has no key {' or '.join(missing)}",
             )
         for claim, fields in resources.source_claims(job).items():
-            try:
-                self.core.read_namespaced_persistent_volume_claim(claim, job.namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+            if _get_or_none(self.core.read_namespaced_persistent_volume_claim, claim, job.namespace) is None:
                 return Inputs(
                     invalid_reason=cond.CLAIM_NOT_FOUND,
                     invalid_message=(
@@ -259,6 +253,16 @@ def _create(call: Any) -> bool:
 def _owned_by(pod: client.V1Pod, job: FineTuneJob) -> bool:
     refs = pod.metadata.owner_references or []
     return not job.uid or any(r.uid == job.uid for r in refs)
+
+
+def _get_or_none(read: Callable[[str, str], Any], name: str, namespace: str) -> Any:
+    """The object `read` returns, or None when the API server says it does not exist (404)."""
+    try:
+        return read(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return None
 
 
 def pod_state(pod: client.V1Pod) -> PodState:
