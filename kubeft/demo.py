@@ -234,6 +234,8 @@ def _progress_line(phase: str, status: dict[str, Any], p: dict[str, Any]) -> str
     if phase in ("Pending", "Scheduling", "Initializing") and status.get("gpu"):
         gpu = status["gpu"]
         parts.append(f"on {status.get('node', '?')} ({gpu.get('product', '?')})")
+    if phase == "Initializing" and p.get("message"):  # the trainer's stage: download, load, ...
+        parts.append(f"— {p['message']}")
     if p.get("totalSteps"):
         parts.append(f"step {p.get('step', 0)}/{p['totalSteps']}")
     for key, label, fmt in (

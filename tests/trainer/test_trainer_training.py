@@ -308,3 +308,36 @@ def test_a_dataset_without_usable_rows_exits_2_with_a_termination_message(
     message = json.loads(trainer_env.read_text())
     assert message["reason"] == "InvalidInput"
     assert "no usable rows" in message["message"] and "lines 1, 2" in message["message"]
+
+
+@pytest.mark.stack
+def test_initialisation_says_what_it_is_doing_with_download_progress(
+    minio_backend: Backend, dataset_file: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    files = sorted(p for p in tiny_model_dir.iterdir() if p.is_file())
+    for path in files:
+        minio_backend.store.upload_file(path, f"models/tiny/{path.name}")
+    bucket = minio_backend.spec["bucket"]
+    source = f"s3://{bucket}/models/tiny/"
+    data = dataset_file("alpaca")
+    spec = job_spec(Path("unused"), data, maxSteps=2)
+    spec["model"] = {"source": source}
+    spec["storage"] = minio_backend.spec
+    status = RecordingReporter()
+    run = recipe(spec, tmp_path / "work", status=status)
+    try:
+        run.setup()
+    finally:
+        run.cleanup(False)
+    said = [u["progress"]["message"] for u in status.updates if "message" in (u.get("progress") or {})]
+    downloads = [m for m in said if m.startswith(f"downloading the model {source}: ")]
+    assert downloads[0].endswith(f"(0/{len(files)} files)")
+    assert downloads[-1].endswith(f"({len(files)}/{len(files)} files)")
+    assert [m for m in said if m not in downloads] == [
+        f"fetching the model {source}",
+        f"preparing the dataset {data}",
+        "looking for a checkpoint to resume from",
+        "loading the model",  # no quantisation on CPU
+        "building the trainer (LoRA adapters, packing, optimizer)",
+        "",  # a clean dataset leaves no message once initialised
+    ]

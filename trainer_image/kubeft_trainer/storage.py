@@ -28,6 +28,8 @@ from kubeft_trainer.errors import InvalidInputError, StorageError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# progress(bytes_done, bytes_total, files_done, files_total) of a download
+Progress = Callable[[int, int, int, int], None]
 
 # S3 error codes that retrying cannot fix.
 PERMANENT_S3_CODES = frozenset(
@@ -311,8 +313,11 @@ class Storage:
         root = Path(str(self.endpoint)[len("file://") :]) if self.endpoint else self.local_root
         return LocalStore(root, bucket)
 
-    def fetch(self, uri: str, dest: Path, what: str) -> Path:
+    def fetch(self, uri: str, dest: Path, what: str, progress: Progress | None = None) -> Path:
         """Makes `uri` available locally and returns the local path (a file or a directory).
+
+        `progress(bytes_done, bytes_total, files_done, files_total)` is called before and after
+        every file an s3:// source downloads.
 
         s3://bucket/key → the object, or every object under the prefix; hf://org/name[@rev]
         → a Hub snapshot (hf://datasets/org/name for a dataset repo); pvc://claim/path → the path
@@ -321,7 +326,7 @@ class Storage:
         create them.
         """
         if uri.startswith("s3://"):
-            return self._fetch_s3(uri, dest, what)
+            return self._fetch_s3(uri, dest, what, progress or (lambda *_: None))
         if uri.startswith("hf://"):
             return self._fetch_hf(uri, dest, what)
         if uri.startswith("pvc://"):
@@ -349,7 +354,7 @@ class Storage:
             raise InvalidInputError(f"{what} {uri}: no such file or directory in the claim {claim}")
         return path
 
-    def _fetch_s3(self, uri: str, dest: Path, what: str) -> Path:
+    def _fetch_s3(self, uri: str, dest: Path, what: str, progress: Progress) -> Path:
         bucket, _, key = uri[len("s3://") :].partition("/")
         if not bucket:
             raise InvalidInputError(f"{what} {uri}: expected s3://bucket/key")
@@ -360,13 +365,17 @@ class Storage:
         exact = [o for o in objects if o.key == key]
         if exact:
             target = dest / Path(key).name
+            progress(0, exact[0].size, 0, 1)
             retry(lambda: store.download_file(key, target), f"downloading {uri}", self._bounded())
+            progress(exact[0].size, exact[0].size, 1, 1)
             return target
         prefix = key if key.endswith("/") or not key else key + "/"
         under = [o for o in objects if o.key.startswith(prefix)]
         if not under:
             raise InvalidInputError(f"{what} {uri}: no such object or prefix in bucket {bucket}")
-        for obj in under:
+        total, done = sum(o.size for o in under), 0
+        progress(0, total, 0, len(under))
+        for n, obj in enumerate(under, 1):
             rel = obj.key[len(prefix) :]
             target = dest / rel
             retry(
@@ -374,6 +383,8 @@ class Storage:
                 f"downloading s3://{bucket}/{obj.key}",
                 self._bounded(),
             )  # type: ignore[misc]
+            done += obj.size
+            progress(done, total, n, len(under))
         log.info("fetched %s: %d files, %d bytes", uri, len(under), sum(o.size for o in under))
         return dest
 

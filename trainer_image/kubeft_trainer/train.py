@@ -116,18 +116,21 @@ class Recipe:
         self.status.update(phase=PHASE_INITIALIZING)
         job = self.cfg.job
         store = self.storage.job_store
+        source = self.spec.model.source
+        self._stage(f"fetching the model {source}")
         self.model_dir = self.storage.fetch(
-            self.spec.model.source, self.workdir / "model", "spec.model.source"
+            source,
+            self.workdir / "model",
+            "spec.model.source",
+            self._download_progress(f"the model {source}"),
         )
         self.tokenizer = load_tokenizer(self.model_dir)
+        self._stage(f"preparing the dataset {self.spec.dataset.source}")
         self.datasets = self._load_datasets()
-        # malformed rows stay visible in the status for the whole run; a clean dataset clears old messages
-        self.status.update(
-            progress={"message": self.datasets.report.summary() if self.datasets.report.malformed else ""}
-        )
         self.metrics.inc("dataset_rows_usable", self.datasets.report.usable)
         self.metrics.inc("dataset_rows_malformed", self.datasets.report.malformed)
         self._check_stop()
+        self._stage("looking for a checkpoint to resume from")
         resumed = download_latest(store, job.namespace, job.name, self.output_dir, self.storage._bounded())
         if resumed is not None:
             step, self.resume_dir = resumed
@@ -159,9 +162,31 @@ class Recipe:
         )
         # packed rows: each sample attends only to itself, without a (T×T) mask
         attn = attention.ATTN_IMPLEMENTATION if self.spec.hyperparameters.packing else "sdpa"
+        quantised = " and quantising it to 4-bit NF4" if self.method == "qlora" and self.hw.cuda else ""
+        self._stage(f"loading the model{quantised}")
         model = load_model(self.model_dir, self.method, self.hw, attn)
+        self._stage("building the trainer (LoRA adapters, packing, optimizer)")
         self.trainer = self._build_trainer(model)
+        # malformed rows stay visible in the status for the whole run; a clean dataset clears old messages
+        report = self.datasets.report
+        self.status.update(progress={"message": report.summary() if report.malformed else ""})
         self._banner()
+
+    def _stage(self, message: str) -> None:
+        """What initialisation is doing now: the log and status.progress.message (rate-limited)."""
+        log.info("%s", message)
+        self.status.update(progress={"message": message})
+
+    def _download_progress(self, what: str) -> Any:
+        def report(done: int, total: int, files_done: int, files: int) -> None:
+            self.status.update(
+                progress={
+                    "message": f"downloading {what}: {done / 1e9:.2f} of {total / 1e9:.2f} GB "
+                    f"({files_done}/{files} files)"
+                }
+            )
+
+        return report
 
     def _load_datasets(self) -> data_mod.Datasets:
         ds = self.spec.dataset
