@@ -1,13 +1,22 @@
-"""Known GPU products and their memory, for nodes whose GPU Feature Discovery labels are incomplete.
+"""Known GPU products and their memory, and how to tell a node's GPU from its labels.
 
-Keys are the values of the ``nvidia.com/gpu.product`` label as GPU Feature
-Discovery writes them (spaces become dashes); values are the memory per GPU in
-MiB as ``nvidia.com/gpu.memory`` reports it (what NVML calls total memory).
+Products are named as NVIDIA GPU Feature Discovery writes the ``nvidia.com/gpu.product``
+label (spaces become dashes); memory is per GPU in MiB, as ``nvidia.com/gpu.memory``
+reports it (what NVML calls total memory).
+
+A node's GPU (:func:`node_gpu`) comes from the first of: GPU Feature Discovery's product label;
+GKE's ``cloud.google.com/gke-accelerator`` (GKE does not run GFD by default); the EC2
+instance type of an EKS node (``node.kubernetes.io/instance-type``). The label that told is
+also what the trainer pod's node affinity pins.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
+
+from kubeft import contract
 
 MIB: Final = 1024 * 1024
 
@@ -53,3 +62,57 @@ def memory_bytes(product: str) -> int | None:
     """Memory per GPU in bytes for a known product label, else None."""
     mib = memory_mib(product)
     return None if mib is None else mib * MIB
+
+
+LABEL_GFD_PRODUCT: Final = contract.LABEL_GPU_PRODUCT
+LABEL_GKE_ACCELERATOR: Final = "cloud.google.com/gke-accelerator"
+LABEL_INSTANCE_TYPE: Final = "node.kubernetes.io/instance-type"
+
+# GKE accelerator label values (cloud.google.com/gke-accelerator) → product
+GKE_ACCELERATORS: Final[dict[str, str]] = {
+    "nvidia-tesla-t4": "Tesla-T4",
+    "nvidia-l4": "NVIDIA-L4",
+    "nvidia-tesla-a100": "NVIDIA-A100-SXM4-40GB",
+    "nvidia-a100-80gb": "NVIDIA-A100-SXM4-80GB",
+    "nvidia-h100-80gb": "NVIDIA-H100-80GB-HBM3",
+    "nvidia-h100-mega-80gb": "NVIDIA-H100-80GB-HBM3",
+    "nvidia-h200-141gb": "NVIDIA-H200",
+    "nvidia-b200": "NVIDIA-B200",
+}
+
+# EC2 instance families with NVIDIA GPUs (the part of the instance type before the dot) → product
+EC2_FAMILIES: Final[dict[str, str]] = {
+    "g4dn": "Tesla-T4",
+    "g5": "NVIDIA-A10G",
+    "g6": "NVIDIA-L4",
+    "g6e": "NVIDIA-L40S",
+    "p4d": "NVIDIA-A100-SXM4-40GB",
+    "p4de": "NVIDIA-A100-SXM4-80GB",
+    "p5": "NVIDIA-H100-80GB-HBM3",
+    "p5e": "NVIDIA-H200",
+    "p5en": "NVIDIA-H200",
+}
+
+
+@dataclass(frozen=True)
+class NodeGpu:
+    """A node's GPU product and the label that says so (the affinity pins that label)."""
+
+    product: str
+    label: str
+    value: str
+
+
+def node_gpu(labels: Mapping[str, str]) -> NodeGpu | None:
+    """The GPU product of a node from its labels (GFD, GKE, EC2 instance type), or None."""
+    gfd = labels.get(LABEL_GFD_PRODUCT)
+    if gfd:
+        return NodeGpu(gfd, LABEL_GFD_PRODUCT, gfd)
+    gke = labels.get(LABEL_GKE_ACCELERATOR, "")
+    if gke in GKE_ACCELERATORS:
+        return NodeGpu(GKE_ACCELERATORS[gke], LABEL_GKE_ACCELERATOR, gke)
+    instance = labels.get(LABEL_INSTANCE_TYPE, "")
+    family = instance.partition(".")[0]
+    if family in EC2_FAMILIES:
+        return NodeGpu(EC2_FAMILIES[family], LABEL_INSTANCE_TYPE, instance)
+    return None

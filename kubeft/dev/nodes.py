@@ -25,6 +25,8 @@ class NodeSpec:
     gpu_count: int = 0
     cpu: str = "32"
     memory: str = "256Gi"
+    gfd: bool = True  # GPU Feature Discovery labels; False: only `labels` name the GPU (GKE, EKS)
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 NODES: tuple[NodeSpec, ...] = (
@@ -46,7 +48,8 @@ def node_manifest(spec: NodeSpec) -> dict[str, Any]:
     }
     capacity: dict[str, str] = {"cpu": spec.cpu, "memory": spec.memory, "pods": "110"}
     taints: list[dict[str, str]] = []
-    if spec.gpu_product:
+    labels.update(dict(spec.labels))
+    if spec.gpu_product and spec.gfd:
         labels.update(
             {
                 contract.LABEL_GPU_PRESENT: "true",
@@ -55,6 +58,7 @@ def node_manifest(spec: NodeSpec) -> dict[str, Any]:
                 contract.LABEL_GPU_COUNT: str(spec.gpu_count),
             }
         )
+    if spec.gpu_product:
         capacity[contract.RESOURCE_GPU] = str(spec.gpu_count)
         taints.append(
             {

@@ -1,8 +1,9 @@
 """GPU placement: which GPU class a job runs on, and with which method. Pure functions.
 
-A GPU class is one ``nvidia.com/gpu.product`` with its memory per GPU. Facts come
-from GPU Feature Discovery labels and the ``nvidia.com/gpu`` allocatable; a missing
-memory label is filled from :mod:`kubeft.gpus`. The choice: the smallest class whose
+A GPU class is one GPU product with its memory per GPU. Facts come from GPU Feature
+Discovery labels (or, without GFD, GKE's accelerator label or an EKS node's EC2 instance
+type: :func:`kubeft.gpus.node_gpu`) and the ``nvidia.com/gpu`` allocatable; a missing memory
+label is filled from :mod:`kubeft.gpus`. The choice: the smallest class whose
 memory covers the estimate plus a safety margin and that has enough free GPUs on
 one node now; when none has free GPUs, the smallest class that fits (the pod waits).
 """
@@ -29,6 +30,7 @@ class GpuNode:
     gpus: int  # allocatable
     free: int  # allocatable minus requests of pods bound to it
     labels: Mapping[str, str] = field(default_factory=dict)
+    selector: tuple[str, str] = (contract.LABEL_GPU_PRODUCT, "")  # the label that names its GPU, and value
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class GpuClass:
     @property
     def free(self) -> int:
         return sum(n.free for n in self.nodes)
+
+    @property
+    def node_selectors(self) -> dict[str, tuple[str, ...]]:
+        """Label → values that pick exactly this class's nodes (one label per way of naming the GPU)."""
+        out: dict[str, set[str]] = {}
+        for n in self.nodes:
+            out.setdefault(n.selector[0], set()).add(n.selector[1])
+        return {label: tuple(sorted(values)) for label, values in sorted(out.items())}
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,10 @@ def gpu_nodes(nodes: Iterable[Any], pods: Iterable[Any]) -> list[GpuNode]:
     for node in nodes:
         labels: Mapping[str, str] = _get(node, "metadata", "labels") or {}
         alloc = _int((_get(node, "status", "allocatable") or {}).get(contract.RESOURCE_GPU, 0))
-        product = labels.get(contract.LABEL_GPU_PRODUCT)
-        if alloc <= 0 or not product or not _ready(node):
+        gpu = gpus.node_gpu(labels)
+        if alloc <= 0 or gpu is None or not _ready(node):
             continue
+        product = gpu.product
         mib = _int(labels.get(contract.LABEL_GPU_MEMORY)) or gpus.memory_mib(product) or 0
         if mib <= 0:
             continue  # unknown product without a memory label: cannot reason about it
@@ -125,6 +136,7 @@ def gpu_nodes(nodes: Iterable[Any], pods: Iterable[Any]) -> list[GpuNode]:
                 gpus=alloc,
                 free=max(0, alloc - used.get(name, 0)),
                 labels=dict(labels),
+                selector=(gpu.label, gpu.value),
             )
         )
     return out

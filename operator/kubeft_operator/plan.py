@@ -26,6 +26,8 @@ class Plan:
     bucket: str = ""
     has_hf_token: bool = False
     settings: Settings = field(default_factory=Settings)
+    # label → values of the chosen class's nodes (empty: GFD's product label with gpu_product)
+    gpu_node_selectors: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def estimate_doc(self) -> dict[str, Any]:
         """``status.vram`` / job.json ``estimate``: the placement estimate plus the trainer's profiles."""

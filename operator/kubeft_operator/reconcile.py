@@ -296,6 +296,7 @@ def decide(
         attempt=seq,
         method=choice.method,
         gpu_product=gpu.product,
+        gpu_node_selectors=gpu.node_selectors,
         gpu_memory_bytes=gpu.memory_bytes,
         gpu_count=res.gpus,
         estimate=estimates[choice.method],

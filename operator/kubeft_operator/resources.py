@@ -203,21 +203,22 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
 
 
 def _affinity(plan: Plan) -> client.V1Affinity:
+    """Nodes of the chosen GPU class: one term per label that names their GPU (terms are ORed)."""
+    selectors = plan.gpu_node_selectors or {contract.LABEL_GPU_PRODUCT: (plan.gpu_product,)}
+    terms = []
+    for label, values in selectors.items():
+        exprs = [client.V1NodeSelectorRequirement(key=label, operator="In", values=list(values))]
+        if label == contract.LABEL_GPU_PRODUCT:  # GPU Feature Discovery also says the GPU is there
+            exprs.append(
+                client.V1NodeSelectorRequirement(
+                    key=contract.LABEL_GPU_PRESENT, operator="In", values=["true"]
+                )
+            )
+        terms.append(client.V1NodeSelectorTerm(match_expressions=exprs))
     return client.V1Affinity(
         node_affinity=client.V1NodeAffinity(
             required_during_scheduling_ignored_during_execution=client.V1NodeSelector(
-                node_selector_terms=[
-                    client.V1NodeSelectorTerm(
-                        match_expressions=[
-                            client.V1NodeSelectorRequirement(
-                                key=contract.LABEL_GPU_PRODUCT, operator="In", values=[plan.gpu_product]
-                            ),
-                            client.V1NodeSelectorRequirement(
-                                key=contract.LABEL_GPU_PRESENT, operator="In", values=["true"]
-                            ),
-                        ]
-                    )
-                ]
+                node_selector_terms=terms
             )
         )
     )

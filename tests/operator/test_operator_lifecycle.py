@@ -78,6 +78,36 @@ def test_nothing_fits_stays_pending_with_a_clear_condition_and_no_pod(
     assert job_pods(core_v1, jobs.ns, "huge") == []
 
 
+def test_a_gke_node_without_gpu_feature_discovery_is_used_and_pinned_by_its_accelerator_label(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, api_client: Any, ftj: Any
+) -> None:
+    from kubeft.dev import nodes
+
+    # GKE labels its GPU nodes cloud.google.com/gke-accelerator and runs no GPU Feature Discovery
+    gke = nodes.NodeSpec("gke-t4-0", "Tesla-T4", 15360, 1, cpu="8", memory="30Gi", gfd=False,
+                         labels=(("cloud.google.com/gke-accelerator", "nvidia-tesla-t4"),))  # fmt: skip
+    nodes.register(api_client, (gke,))
+    try:
+        nodes.wait_ready(api_client, nodes=(gke,))
+        with run_operator() as runner:
+            jobs.create(ftj.job_manifest("on-gke"))
+            # a 1B QLoRA fits the T4, the smallest class: placed there, and the scheduler agrees
+            (pod,) = ftj.wait_for(
+                lambda: [p for p in job_pods(core_v1, jobs.ns, "on-gke") if p.spec.node_name],
+                what="the trainer pod bound to a node",
+            )
+        assert runner.exception is None
+        assert jobs.get("on-gke")["status"]["gpu"]["product"] == "Tesla-T4"
+        assert pod.spec.node_name == "gke-t4-0"
+        terms = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+        (term,) = terms.node_selector_terms
+        assert [(e.key, e.values) for e in term.match_expressions] == [
+            ("cloud.google.com/gke-accelerator", ["nvidia-tesla-t4"])
+        ]
+    finally:
+        core_v1.delete_node(gke.name)
+
+
 def test_model_config_is_read_from_minio_and_an_unreadable_one_is_a_condition(
     jobs: Any, credentials: Any, run_operator: Any, ftj: Any, stack: Any, minio_client: Any, bucket: str
 ) -> None:

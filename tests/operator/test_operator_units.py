@@ -89,6 +89,46 @@ def test_gpu_classes_come_from_labels_and_fill_missing_memory_from_the_table() -
     }
 
 
+def test_nodes_without_gfd_are_read_from_gke_and_ec2_labels_and_pinned_by_those_labels() -> None:
+    def labelled(name: str, labels: dict[str, str], count: int = 1) -> dict[str, Any]:
+        n = node(name, None, None, count)
+        n["metadata"]["labels"].update(labels)
+        return n
+
+    nodes = [
+        node("gfd-l4", "NVIDIA-L4", 23034, 1),
+        labelled("gke-l4", {"cloud.google.com/gke-accelerator": "nvidia-l4"}),
+        labelled("eks-g6", {"node.kubernetes.io/instance-type": "g6.12xlarge"}, 4),
+        labelled("gke-a100", {"cloud.google.com/gke-accelerator": "nvidia-a100-80gb"}, 8),
+        labelled("eks-p5", {"node.kubernetes.io/instance-type": "p5.48xlarge"}, 8),
+        labelled("gke-unknown", {"cloud.google.com/gke-accelerator": "nvidia-tesla-k80"}),  # no table entry
+        labelled("eks-cpu", {"node.kubernetes.io/instance-type": "m7i.4xlarge"}),  # not a GPU family
+    ]
+    by_product = {c.product: c for c in pl.gpu_classes(pl.gpu_nodes(nodes, []))}
+    assert {p: c.memory_bytes // 2**20 for p, c in by_product.items()} == {
+        "NVIDIA-L4": 23034, "NVIDIA-A100-SXM4-80GB": 81920, "NVIDIA-H100-80GB-HBM3": 81559,
+    }  # fmt: skip
+    assert sorted(n.name for n in by_product["NVIDIA-L4"].nodes) == ["eks-g6", "gfd-l4", "gke-l4"]
+    assert by_product["NVIDIA-L4"].node_selectors == {
+        "cloud.google.com/gke-accelerator": ("nvidia-l4",),
+        contract.LABEL_GPU_PRODUCT: ("NVIDIA-L4",),
+        "node.kubernetes.io/instance-type": ("g6.12xlarge",),
+    }
+    # the trainer pod may land on any of them: one ORed affinity term per label
+    j = job()
+    d = decide(j, {}, Inputs(classes=list(by_product.values()), shape=est.known_shape("llama-3.2-1b")),
+               SETTINGS, NOW)  # fmt: skip
+    assert d.create is not None and d.create.gpu_product == "NVIDIA-L4"
+    pod = resources.get_pod(j, d.create)
+    terms = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    got = [{e.key: e.values for e in t.match_expressions} for t in terms.node_selector_terms]
+    assert got == [
+        {"cloud.google.com/gke-accelerator": ["nvidia-l4"]},
+        {"node.kubernetes.io/instance-type": ["g6.12xlarge"]},
+        {contract.LABEL_GPU_PRODUCT: ["NVIDIA-L4"], contract.LABEL_GPU_PRESENT: ["true"]},
+    ]
+
+
 def test_not_ready_nodes_and_used_gpus_are_not_free() -> None:
     nodes = [node("a", "NVIDIA-L4", 23034, 1, ready=False), node("b", "NVIDIA-L4", 23034, 2)]
     got = pl.gpu_nodes(nodes, [busy("b", 1)])
