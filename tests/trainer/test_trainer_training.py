@@ -255,6 +255,41 @@ def test_merged_export_loads_and_matches_base_plus_adapter(
     assert (got - expected).abs().max().item() < 0.02 * scale
 
 
+def test_merge_goes_where_the_16bit_model_fits() -> None:
+    from kubeft_trainer.export import plan_merge
+
+    gib = 2**30
+    assert plan_merge(16 * gib, 40 * gib, 64 * gib).device == "cuda"
+    # a 14B model trained in 4 bits on a 24 GB GPU: its 16-bit copy (28 GiB) is built in host memory
+    on_host = plan_merge(28 * gib, 20 * gib, 96 * gib)
+    assert on_host.device == "cpu" and "the GPU has 20.0 GiB free" in on_host.reason
+    assert plan_merge(28 * gib, None, None).device == "cpu"  # no GPU, host memory unknown: try it
+    nowhere = plan_merge(28 * gib, 20 * gib, 16 * gib)
+    assert nowhere.device is None
+    assert nowhere.reason.startswith("merged-16bit not exported: the 16-bit model takes 28.0 GiB")
+    assert "the adapter is exported" in nowhere.reason
+
+
+def test_a_merge_with_no_room_anywhere_still_succeeds_with_the_adapter(
+    dataset_file: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeft_trainer import profile
+
+    monkeypatch.setattr(profile, "available_host_memory", lambda *a: 1024)  # a host with no room
+    spec = job_spec(tiny_model_dir, dataset_file("alpaca"), maxSteps=2)
+    spec["export"] = {"formats": ["adapter", "merged-16bit"]}
+    spec["storage"] = {"endpoint": (tmp_path / "store").as_uri(), "bucket": "kubeft"}
+    status = RecordingReporter()
+    run = recipe(spec, tmp_path / "work", status=status)
+    run.run()
+    artifacts = tmp_path / "store" / "kubeft" / contract.artifacts_prefix(NS, JOB)
+    assert (artifacts / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (artifacts / "merged-16bit").exists()
+    assert set(run.artifacts) == {"adapter"}
+    said = [u["progress"]["message"] for u in status.updates if "message" in (u.get("progress") or {})]
+    assert any(m.startswith("merged-16bit not exported: the 16-bit model takes") for m in said), said
+
+
 def test_metrics_endpoint_serves_training_series_with_job_labels(
     dataset_file: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

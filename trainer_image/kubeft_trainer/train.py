@@ -433,18 +433,13 @@ class Recipe:
             )
         if export_mod.MERGED in formats:
             assert self.model_dir is not None
-            full_model = self.trainer.model if self.method == "full" else None
-            if self.method != "full":
-                self._release_trainer()
-            export_mod.export_merged(
-                self.model_dir,
-                self.method,
-                self.hw,
-                self.tokenizer,
-                local / export_mod.MERGED,
-                adapter_dir,
-                full_model,
-            )
+            if self.method == "full":
+                export_mod.export_merged(
+                    self.model_dir, self.method, self.hw, self.tokenizer, local / export_mod.MERGED,
+                    full_model=self.trainer.model,
+                )  # fmt: skip
+            elif not self._export_merged_adapter(local / export_mod.MERGED, adapter_dir):
+                formats = [f for f in formats if f != export_mod.MERGED]
         for fmt in formats:
             uri, _ = export_mod.upload_dir(
                 store,
@@ -463,6 +458,37 @@ class Recipe:
             )
             self.artifacts["evalGenerations"] = uri + "generations.jsonl"
         self.status.update(artifacts=self.artifacts)
+
+    def _export_merged_adapter(self, out_dir: Path, adapter_dir: Path | None) -> bool:
+        """Base + adapter merged in 16 bits where memory allows (export.plan_merge); False: not exported."""
+        import torch
+
+        assert self.model_dir is not None
+        self._release_trainer()
+        shape = profile_mod.shape_of(self.model_dir)
+        weights = 2 * shape.total_params if shape is not None else 0
+        gpu_free = int(torch.cuda.mem_get_info()[0]) if self.hw.cuda else None
+        plan = export_mod.plan_merge(weights, gpu_free, profile_mod.available_host_memory())
+        if plan.device == "cuda":
+            try:
+                log.info("merging %s", plan.reason)
+                export_mod.export_merged(
+                    self.model_dir, self.method, self.hw, self.tokenizer, out_dir, adapter_dir, device="cuda"
+                )
+                return True
+            except torch.OutOfMemoryError:
+                log.warning("the merge ran out of GPU memory; trying host memory")
+                self._release_trainer()
+                plan = export_mod.plan_merge(weights, None, profile_mod.available_host_memory())
+        if plan.device == "cpu":
+            log.info("merging %s", plan.reason)
+            export_mod.export_merged(
+                self.model_dir, self.method, self.hw, self.tokenizer, out_dir, adapter_dir, device="cpu"
+            )
+            return True
+        log.warning("%s", plan.reason)
+        self.status.update(progress={"message": plan.reason})
+        return False
 
     def _release_trainer(self) -> None:
         # The merged export loads a second copy of the base; free the training one first.
