@@ -40,6 +40,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("endpoint not a URL", {"storage": {"credentialsSecret": "c", "endpoint": "minio:9000"}},
      "storage.endpoint must be an http://"),
     ("gpus out of range", {"resources": {"gpus": 16}}, "less than or equal to 8"),
+    ("more than one gpu", {"resources": {"gpus": 2}}, "multi-GPU training is not supported yet"),
     ("gpu memory not a quantity", {"resources": {"gpuMemory": "lots"}}, "auto or a positive quantity"),
     ("negative backoff limit", {"backoffLimit": -1}, "greater than or equal to 0"),
     ("architecture heads mismatch", {"model": {"source": "s3://models/m/", "architecture": {
