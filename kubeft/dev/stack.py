@@ -424,11 +424,20 @@ def _write_kwok_config() -> Path:
     return out
 
 
-def _write_prometheus_config() -> Path:
+ALERT_RULES = REPO / "charts" / "kubeft" / "files" / "alerts.yaml"
+
+
+def _write_prometheus_config() -> bool:
+    """Writes prometheus.yml and kubeft's alerting rules; True when either changed."""
     prom = STATE / "prometheus"
     (prom / "targets").mkdir(parents=True, exist_ok=True)
+    rules = prom / "alerts.yaml"
+    old_rules = rules.read_text() if rules.exists() else None
+    if ALERT_RULES.exists():  # the chart's rules, evaluated like a cluster's Prometheus would
+        rules.write_text(ALERT_RULES.read_text())
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "rule_files": [str(rules)] if rules.exists() else [],
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [f"{HOST}:{PORTS['prometheus']}"]}]},
             {
@@ -441,8 +450,23 @@ def _write_prometheus_config() -> Path:
         ],
     }
     path = prom / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    text = yaml.safe_dump(config, sort_keys=False)
+    changed = (
+        not path.exists()
+        or path.read_text() != text
+        or old_rules != (rules.read_text() if rules.exists() else None)
+    )
+    path.write_text(text)
+    return changed
+
+
+def _refresh_prometheus_config() -> None:
+    """A running Prometheus picks up a changed config or rules file (it runs with --web.enable-lifecycle)."""
+    if _write_prometheus_config():
+        req = urllib.request.Request(f"http://{HOST}:{PORTS['prometheus']}/-/reload", method="POST")
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+        log.info("prometheus: configuration reloaded")
 
 
 def _argv(name: str) -> tuple[list[str], dict[str, str]]:
@@ -635,6 +659,7 @@ def up() -> StackInfo:
     if is_running():
         log.info("local stack already running (%s)", STATE)
         _restart_stale_podrunner()
+        _refresh_prometheus_config()
         return info()
     if any(_pid(n) is not None for n in COMPONENTS):
         log.info("a partial stack is running; stopping it first")

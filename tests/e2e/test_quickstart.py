@@ -202,3 +202,32 @@ def test_model_and_dataset_read_from_a_persistent_volume_claim(
     finally:
         core_v1.delete_namespaced_persistent_volume_claim(claim, ns)
         core_v1.delete_persistent_volume(pv_name)
+
+
+def test_a_failed_job_fires_the_kubeft_job_failed_alert_in_prometheus(
+    stack: Any, api_client: Any, e2e_namespace: str
+) -> None:
+    """The chart's alerting rules, evaluated by the stack's Prometheus on the operator's series."""
+    import io
+
+    ns, name = e2e_namespace, "broken-data"
+    mc = stack.minio_client()
+    raw = b'{"oops\n{"instruction": 1}\n'  # no usable row: the trainer exits 2 (InvalidInput)
+    mc.put_object("datasets", f"broken/{ns}.jsonl", io.BytesIO(raw), len(raw))
+    apply(stack, ns, quickstart(name, dataset={"source": f"s3://datasets/broken/{ns}.jsonl"}))
+    job = demo.watch(api_client, timeout=300, namespace=ns, name=name)
+    assert job is not None and job["status"]["phase"] == "Failed"
+
+    def firing() -> list[dict[str, Any]]:
+        alerts = requests.get(f"{stack.prometheus_url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return [
+            a for a in alerts
+            if a["labels"].get("alertname") == "KubeftJobFailed" and a["state"] == "firing"
+            and a["labels"].get("namespace") == ns and a["labels"].get("job") == name
+        ]  # fmt: skip
+
+    deadline = time.monotonic() + 90
+    while not (alerts := firing()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alerts, "KubeftJobFailed never fired for the failed job"
+    assert alerts[0]["annotations"]["summary"] == f"FineTuneJob {ns}/{name} failed"
