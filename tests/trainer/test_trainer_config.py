@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,14 @@ def test_kubeft_train_subcommand_takes_the_trainer_flags() -> None:
         and args.no_status
     )
     assert callable(args.func)
+
+
+def test_the_trainer_sees_one_gpu_unless_told_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubeft_trainer.__main__ import one_gpu
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    one_gpu()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")  # chosen by the user or a launcher: kept
+    one_gpu()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"

@@ -116,8 +116,19 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def one_gpu() -> None:
+    """The trainer trains on one GPU: with several visible (a workstation, `kubeft train`), the first.
+
+    Hugging Face's Trainer would otherwise count them all (``n_gpu``) and scale the micro-batch
+    on the one GPU the model is on. A CUDA_VISIBLE_DEVICES already set is kept; in a pod the
+    device plugin shows exactly the allocated GPU, index 0. Must run before CUDA starts.
+    """
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `kubeft-trainer`."""
+    one_gpu()
     parser = argparse.ArgumentParser(
         prog="kubeft-trainer", description="Fine-tune an LLM for one FineTuneJob."
     )
