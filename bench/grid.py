@@ -165,10 +165,11 @@ def run(a: argparse.Namespace) -> int:
             row = json.loads(result.read_text())
         else:
             method, seq, mb, ckpt = parse_point(spec)
-            lines = log.read_text().strip().splitlines() or ["(no output)"]
+            output = log.read_text()
+            lines = output.strip().splitlines() or ["(no output)"]
             row = row_for(a.shape, method, seq, mb, ckpt) | {"bench_shape": a.shape}
             row["error"] = f"exit {proc.returncode}: {lines[-1][:200]}"
-            row["oom"] = "OutOfMemoryError" in log.read_text()
+            row["oom"] = "OutOfMemoryError" in output
         row.update(predict(row, model_dir))
         rows.append(row)
         meas = row.get("measured_nvml_bytes")

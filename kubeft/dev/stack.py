@@ -432,12 +432,10 @@ def _write_prometheus_config() -> bool:
     prom = STATE / "prometheus"
     (prom / "targets").mkdir(parents=True, exist_ok=True)
     rules = prom / "alerts.yaml"
-    old_rules = rules.read_text() if rules.exists() else None
-    if ALERT_RULES.exists():  # the chart's rules, evaluated like a cluster's Prometheus would
-        rules.write_text(ALERT_RULES.read_text())
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [str(rules)] if rules.exists() else [],
+        # the chart's rules, evaluated like a cluster's Prometheus would
+        "rule_files": [str(rules)] if ALERT_RULES.exists() else [],
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [f"{HOST}:{PORTS['prometheus']}"]}]},
             {
@@ -449,14 +447,14 @@ def _write_prometheus_config() -> bool:
             },
         ],
     }
-    path = prom / "prometheus.yml"
-    text = yaml.safe_dump(config, sort_keys=False)
-    changed = (
-        not path.exists()
-        or path.read_text() != text
-        or old_rules != (rules.read_text() if rules.exists() else None)
-    )
-    path.write_text(text)
+    files = {prom / "prometheus.yml": yaml.safe_dump(config, sort_keys=False)}
+    if ALERT_RULES.exists():
+        files[rules] = ALERT_RULES.read_text()
+    changed = False
+    for path, text in files.items():
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            changed = True
     return changed
 
 

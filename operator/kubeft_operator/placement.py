@@ -29,8 +29,8 @@ class GpuNode:
     memory_bytes: int
     gpus: int  # allocatable
     free: int  # allocatable minus requests of pods bound to it
+    selector: tuple[str, str]  # the label that names its GPU, and its value (kubeft.gpus.node_gpu)
     labels: Mapping[str, str] = field(default_factory=dict)
-    selector: tuple[str, str] = (contract.LABEL_GPU_PRODUCT, "")  # the label that names its GPU, and value
 
 
 @dataclass(frozen=True)

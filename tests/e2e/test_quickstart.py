@@ -134,10 +134,10 @@ def test_model_and_dataset_read_from_a_persistent_volume_claim(
     stack: Any, api_client: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str, tmp_path: Path
 ) -> None:
     """pvc:// sources: the operator mounts the claim read-only, the trainer reads it in place."""
-    import json
-
+    from kubeft_operator.modelconfig import shape_to_dict
     from kubernetes import client
 
+    from kubeft import estimate as est
     from kubeft.dev import tinymodel
 
     ns, name = e2e_namespace, "from-pvc"
@@ -169,13 +169,9 @@ def test_model_and_dataset_read_from_a_persistent_volume_claim(
                 ),
             ),
         )
-        cfg = json.loads((volume / "models" / "tiny" / "config.json").read_text())
-        architecture = {
-            "hiddenSize": cfg["hidden_size"], "numLayers": cfg["num_hidden_layers"],
-            "numHeads": cfg["num_attention_heads"], "numKvHeads": cfg["num_key_value_heads"],
-            "intermediateSize": cfg["intermediate_size"], "vocabSize": cfg["vocab_size"],
-            "tieWordEmbeddings": cfg.get("tie_word_embeddings", False),
-        }  # fmt: skip
+        # spec.model.architecture: the operator's own config.json reading, minus what the CRD lacks
+        shape = est.ModelShape.from_file(volume / "models" / "tiny")
+        architecture = {k: v for k, v in shape_to_dict(shape).items() if k != "modelType"}
         manifest = quickstart(
             name,
             model={"source": f"pvc://{claim}/models/tiny", "architecture": architecture},
