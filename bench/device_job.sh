@@ -17,7 +17,7 @@ setup)
   python3 - <<'EOF' || exit 1
 import importlib, importlib.metadata as md
 for m in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl", "datasets", "liger_kernel",
-          "minio", "pynvml", "prometheus_client", "safetensors", "yaml"):
+          "minio", "pynvml", "prometheus_client", "safetensors", "yaml", "pydantic"):
     importlib.import_module(m)
 print({p: md.version(p) for p in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl",
                                    "datasets", "liger-kernel", "minio", "nvidia-ml-py")})

@@ -46,8 +46,13 @@ DEFAULT_PARAMS: Final[tuple[str, ...]] = (
     "act_hidden_coeff",
     "act_kv_coeff",
     "act_mlp_coeff",
+    "act_bf16_base_hidden_coeff",
     "act_checkpoint_coeff",
+    "act_checkpoint_bf16_base_coeff",
+    "offload_gpu_layers",
+    "fused_chunk_checkpointed_share",
     "allocator_fraction",
+    "allocator_static_fraction",
 )
 # The acceptance rule of tests/operator/test_estimate_grid.py
 RULE_LOW: Final = -0.05
@@ -100,17 +105,25 @@ def point_setup(point: Point) -> est.Setup:
     )
 
 
+def gpu_tag(gpu: Any) -> str:
+    """A GPU's device name, short: ``NVIDIA H100 80GB HBM3`` → ``H100-80GB-HBM3``; '' when unknown."""
+    if not gpu or gpu == "cpu":
+        return ""
+    return "-".join(str(gpu).removeprefix("NVIDIA ").split())
+
+
 def point_id(point: Point) -> str:
-    """``llama-3.1-8b-qlora-2048x4-ckpt``: shape, method, sequence length × micro-batch, checkpointing."""
+    """``H200/llama-3.1-8b-qlora-2048x4-ckpt``: GPU, shape, method, length × micro-batch, checkpointing."""
+    tag = gpu_tag(point.get("gpu"))
     if _get(point, "offload_activations", False):
         ckpt = "offload"
     elif point.get("gradient_checkpointing"):
         ckpt = "ckpt"
     else:
         ckpt = "nockpt"
-    return (
-        f"{point.get('shape')}-{point.get('method')}-{point.get('seq_len')}x{point.get('micro_batch')}-{ckpt}"
-    )
+    size = f"{point.get('seq_len')}x{point.get('micro_batch')}"
+    setting = f"{point.get('shape')}-{point.get('method')}-{size}-{ckpt}"
+    return f"{tag}/{setting}" if tag else setting
 
 
 def skip_reason(point: Point) -> str | None:

@@ -6,7 +6,7 @@
 A point is ``method:seq_len:micro_batch:checkpointing`` (checkpointing 1 = on, 2 = on with the
 layer inputs offloaded to host memory, 0 = off). Each point runs in a process of its own (clean
 CUDA context, clean peak counters, an NVML baseline taken before CUDA starts) and trains 2
-optimizer steps (accumulation 1) on packed rows filled to ``seq_len``. It records the peak
+optimizer steps (accumulation 1) on rows of exactly ``seq_len`` tokens (checked). It records the peak
 reserved and allocated by PyTorch's allocator and the peak device memory NVML reports over the
 process's baseline (CUDA context included: what the node must hold), next to the estimator's
 prediction. ``run`` appends the rows to ``DIR/grid-<shape>.json`` as they finish (a point that
@@ -14,7 +14,7 @@ runs out of memory is recorded as such, and the next one starts in a fresh proce
 
 ``collect`` merges grid files (and an earlier ``estimator_grid.json``) into the committed grid
 that tests/operator/test_estimate_grid.py replays and bench/fit.py fits: the measured points, one
-per setting (the later measurement wins), and the ones that measured nothing under
+per setting and GPU model (the later measurement wins), and the ones that measured nothing under
 ``not_measured`` with their errors.
 """
 
@@ -40,6 +40,7 @@ import trainers  # noqa: E402
 import workload  # noqa: E402
 
 STEPS = 2
+MIN_FILL = 0.98  # micro-batches hold at least this share of micro_batch × seq_len tokens (full rows)
 MEASURED = (
     "peak device memory used (NVML, CUDA context included) over the process's baseline, while "
     "kubeft's trainer trained the bench's packed synthetic samples (rows filled to seq_len), "
@@ -85,13 +86,15 @@ def measure_point(shape: str, model_dir: Path, spec: str) -> dict[str, Any]:
 
     method, seq, mb, ckpt = parse_point(spec)
     gpu = torch.cuda.is_available()
-    if gpu:
-        torch.cuda.init()
     row = row_for(shape, method, seq, mb, ckpt)
     row["bench_shape"] = shape
-    row["cuda_context_bytes"] = nvml.now_bytes()
+    row["cuda_context_bytes"] = measure.cuda_context_bytes(nvml)
+    if gpu:
+        row["gpu"] = torch.cuda.get_device_name(0)
+    workload.keep_word_level_tokenizer()
+    workload.check_tokenizer(model_dir)
     vocab = workload.SHAPES[shape]["vocab_size"]
-    seqs = workload.samples(STEPS * mb * seq // 300 + 16, seq, vocab, seed=mb * 7 + seq)
+    seqs = workload.samples(STEPS * mb + 4, seq, vocab, seed=mb * 7 + seq, full_rows=True)
     work = Path("/tmp/kubeft-bench/grid") / f"{shape}-{method}-{seq}-{mb}-{ckpt}"
     a = argparse.Namespace(
         model_dir=model_dir, method=method, batch=mb, grad_accum=1, max_len=seq, steps=STEPS, seed=0,
@@ -117,6 +120,12 @@ def measure_point(shape: str, model_dir: Path, spec: str) -> dict[str, Any]:
                 model=recipe.trainer.model
             )
         recipe.train()
+        # every micro-batch must be (nearly) full: a tokenizer that loses words once made the
+        # Qwen points train one-token samples and measure no activations
+        row["tokens_per_micro_batch"] = int(recipe.trainer.state.num_input_tokens_seen) // STEPS
+        fill = row["tokens_per_micro_batch"] / (mb * seq)
+        if fill < MIN_FILL:
+            raise RuntimeError(f"micro-batches were {fill:.0%} full (expected at least {MIN_FILL:.0%})")
         if not gpu:
             raise RuntimeError("no GPU: nothing measured")
         torch.cuda.synchronize()
@@ -124,7 +133,6 @@ def measure_point(shape: str, model_dir: Path, spec: str) -> dict[str, Any]:
         row["measured_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
         time.sleep(0.1)  # one more NVML sample
         row["measured_nvml_bytes"] = nvml.stop()
-        row["gpu"] = torch.cuda.get_device_name(0)
     except torch.OutOfMemoryError as exc:
         row["oom"] = True
         row["error"] = str(exc).splitlines()[0][:200]
@@ -146,6 +154,7 @@ def predict(row: dict[str, Any], model_dir: Path) -> dict[str, Any]:
 
 def run(a: argparse.Namespace) -> int:
     """Every point of one shape, each in its own process; rows appended to DIR/grid-<shape>.json."""
+    measure.pin_one_gpu()  # the point processes inherit it; NVML reads the same device
     model_dir = workload.make_model_dir(a.shape, Path(a.models_root))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +196,11 @@ def run(a: argparse.Namespace) -> int:
 
 
 def collect(a: argparse.Namespace) -> int:
-    """Merges grid files into the committed grid (see the module docstring)."""
+    """Merges grid files into the committed grid (see the module docstring).
+
+    Points of several GPU models live side by side: each row names its GPU, and one setting is
+    kept once per GPU (the later measurement wins).
+    """
     files: list[Path] = []
     for src in a.sources:
         p = Path(src)
@@ -197,39 +210,38 @@ def collect(a: argparse.Namespace) -> int:
         return 2
     by_id: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, Any]] = {}
-    gpus: set[str] = set()
-    versions: dict[str, Any] = {}
+    versions: dict[str, dict[str, Any]] = {}
+    into = Path(a.into)
+    old = json.loads(into.read_text()) if into.exists() else {}
     for f in files:
         doc = json.loads(f.read_text())
-        if doc.get("gpu") and doc["gpu"] != "cpu":
-            gpus.add(str(doc["gpu"]))
-            versions = doc.get("versions") or versions
+        doc_gpu = doc.get("gpu") if doc.get("gpu") not in (None, "cpu") else None
         for row in doc.get("points", []):
             row = {k: v for k, v in row.items() if k not in ("predicted_bytes", "predicted_breakdown")}
             row.setdefault("source", str(f))
+            if not row.get("gpu") and doc_gpu:
+                row["gpu"] = doc_gpu
+            if row.get("gpu") and doc.get("versions"):
+                versions[str(row["gpu"])] = doc["versions"]
             key = fit.point_id(row)
             if fit.skip_reason(row) is None:
-                by_id[key] = row  # a later measurement of the same setting wins
+                by_id[key] = row  # a later measurement of the same setting on the same GPU wins
                 failed.pop(key, None)
             elif key not in by_id:
-                failed[key] = {k: row.get(k) for k in ("shape", "method", "seq_len", "micro_batch",
+                failed[key] = {k: row.get(k) for k in ("gpu", "shape", "method", "seq_len", "micro_batch",
                                                         "gradient_checkpointing", "offload_activations",
                                                         "error", "oom", "source")}  # fmt: skip
-    if len(gpus) > 1:
-        print(f"grid files from different GPUs: {sorted(gpus)}; collect one GPU's", file=sys.stderr)
-        return 2
-    into = Path(a.into)
-    old = json.loads(into.read_text()) if into.exists() else {}
     doc = {
-        "gpu": next(iter(gpus), old.get("gpu")),
+        "gpus": sorted({str(r["gpu"]) for r in by_id.values() if r.get("gpu")}),
         "measured": MEASURED,
         "note": a.note or old.get("note", ""),
-        "versions": versions or old.get("versions", {}),
+        "versions": versions,  # per GPU: the packages each GPU's points were measured with
         "points": sorted(by_id.values(), key=fit.point_id),
         "not_measured": sorted(failed.values(), key=fit.point_id),
     }
     into.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"{into}: {len(by_id)} measured points, {len(failed)} not measured (from {len(files)} files)")
+    print(f"{into}: {len(by_id)} measured points on {', '.join(doc['gpus']) or 'no GPU'}, "
+          f"{len(failed)} not measured (from {len(files)} files)")  # fmt: skip
     return 0
 
 

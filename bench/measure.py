@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import platform
 import threading
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,36 @@ def peak_flops(gpu_name: str) -> float:
     return 0.0
 
 
+def pin_one_gpu(env: MutableMapping[str, str] | None = None) -> str:
+    """Pins this process (and its children) to one GPU: ``CUDA_VISIBLE_DEVICES=0`` unless set.
+
+    On a multi-GPU host an unpinned HF Trainer wraps the model in DataParallel (TRL refuses it,
+    the plain recipe silently doubles its batch), and NVML would read another device than the
+    one that trains. Returns the device the variable names.
+    """
+    target = os.environ if env is None else env
+    target.setdefault("CUDA_VISIBLE_DEVICES", "0")
+    return target["CUDA_VISIBLE_DEVICES"]
+
+
+def nvml_device(pynvml: Any, visible: str | None) -> Any:
+    """The NVML handle of the first device ``CUDA_VISIBLE_DEVICES`` names (index or UUID), else device 0.
+
+    NVML numbers every device of the host whatever ``CUDA_VISIBLE_DEVICES`` says, so CUDA's
+    device 0 is NVML's device ``visible[0]``.
+    """
+    first = (visible or "").split(",")[0].strip()
+    if first.startswith(("GPU-", "MIG-")):
+        return pynvml.nvmlDeviceGetHandleByUUID(first)
+    return pynvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+
+
 class NvmlSampler:
     """Polls the device's used memory (NVML) in a thread; `peak_bytes` is the peak over the baseline.
 
     The baseline is read before this process touches CUDA, so the peak includes the CUDA
     context and every allocator's reservations (what the scheduler must fit), not only
-    PyTorch's caching allocator.
+    PyTorch's caching allocator. The device is the one CUDA sees as 0 (:func:`nvml_device`).
     """
 
     def __init__(self, interval: float = 0.02) -> None:
@@ -57,7 +83,7 @@ class NvmlSampler:
 
             pynvml.nvmlInit()
             self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._handle = nvml_device(pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
             self.baseline = self._used()
         except Exception:  # no NVML (CPU runs)
             self._handle = None
@@ -200,6 +226,24 @@ def attention_flops(shape: dict[str, Any], lengths: list[int]) -> float:
     ms = ModelShape.from_config(shape)
     fwd = sum(2.0 * n * n * ms.q_dim * ms.num_layers for n in lengths)  # QK^T and PV, causal half
     return 3.0 * fwd
+
+
+def cuda_context_bytes(nvml: NvmlSampler) -> int:
+    """Starts CUDA in this process and returns what its context takes on the device (NVML).
+
+    ``torch.cuda.init()`` alone creates no context (it is made on the first allocation), so one
+    tiny tensor is allocated; the allocator's own reservation for it is not counted. 0 on CPU.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.init()
+    probe = torch.zeros(1, device="cuda")
+    torch.cuda.synchronize()
+    used = nvml.now_bytes() - int(torch.cuda.memory_reserved())
+    del probe
+    return max(0, used)
 
 
 class Memory:

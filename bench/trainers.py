@@ -246,10 +246,8 @@ RUNNERS = {"plain": run_plain, "peer": run_peer, "kubeft": run_kubeft}
 def worker(a: Any) -> dict[str, Any]:
     """Runs one trainer; returns its measurements."""
     mem = measure.Memory()  # NVML baseline before CUDA is touched
-    import torch
-
-    torch.cuda.init() if torch.cuda.is_available() else None
-    context_bytes = mem.nvml.now_bytes()
+    context_bytes = measure.cuda_context_bytes(mem.nvml)
+    workload.keep_word_level_tokenizer()
     mem.reset()
     a.extra = {}
     shape = workload.SHAPES[a.shape]

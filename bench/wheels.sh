@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
 names=(bitsandbytes trl datasets liger_kernel multiprocess dill minio argon2-cffi argon2-cffi-bindings cffi
-       pycparser pycryptodome)
+       pycparser pycryptodome pydantic pydantic_core annotated-types typing-inspection)
 pins=()
 for n in "${names[@]}"; do
   pin=$(grep -i -E "^${n//[-_]/[-_]}==" requirements.lock) || { echo "no pin for $n in requirements.lock" >&2; exit 1; }

@@ -25,9 +25,10 @@ from kubeft.estimate import KNOWN_SHAPES
 ESTIMATOR_NAMES: dict[str, str] = {
     "llama-1b": "llama-3.2-1b",
     "llama-8b": "llama-3.1-8b",
+    "qwen2.5-1.5b": "qwen2.5-1.5b",
     "qwen2.5-7b": "qwen2.5-7b",
 }
-ROPE_THETA = {"llama-1b": 500000.0, "llama-8b": 500000.0, "qwen2.5-7b": 1000000.0}
+ROPE_THETA = {"llama-1b": 500000.0, "llama-8b": 500000.0, "qwen2.5-1.5b": 1000000.0, "qwen2.5-7b": 1000000.0}
 # config.json fields of each shape: the estimator's, plus the RoPE base the model needs
 SHAPES: dict[str, dict[str, Any]] = {
     **{name: {**KNOWN_SHAPES[est], "rope_theta": ROPE_THETA[name]} for name, est in ESTIMATOR_NAMES.items()},
@@ -36,6 +37,11 @@ SHAPES: dict[str, dict[str, Any]] = {
         "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 4096,
         "tie_word_embeddings": False, "rope_theta": 10000.0,
+    },
+    "tiny-qwen2": {
+        "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 1, "vocab_size": 4096,
+        "tie_word_embeddings": True, "rope_theta": 10000.0,
     },
 }  # fmt: skip
 
@@ -94,6 +100,36 @@ def save_tokenizer(vocab: int, out: Path) -> None:
     fast.save_pretrained(str(out))
 
 
+def keep_word_level_tokenizer() -> None:
+    """Makes ``AutoTokenizer`` load the bench's word-level tokenizer for every model type.
+
+    transformers 5 replaces the saved tokenizer class by the model type's own for some types
+    (``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``: qwen2, phi3, ...). For a Qwen2 shape it
+    rebuilt a byte-level BPE from the word-level vocabulary, which drops every word: each
+    sample became one token and the grid measured no activations. The bench's models are not
+    hub checkpoints, so the saved class is right; :func:`check_tokenizer` proves it per run.
+    """
+    try:
+        from transformers.models.auto import tokenization_auto
+    except ImportError:  # pragma: no cover - transformers missing
+        return
+    forced = getattr(tokenization_auto, "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", None)
+    if isinstance(forced, set):
+        forced.difference_update({str(shape["model_type"]) for shape in SHAPES.values()})
+
+
+def check_tokenizer(model_dir: Path) -> None:
+    """Raises RuntimeError unless the directory's tokenizer maps ``t5 t17 t99`` to [5, 17, 99]."""
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(model_dir))("t5 t17 t99", add_special_tokens=False).input_ids
+    if list(ids) != [5, 17, 99]:
+        raise RuntimeError(
+            f"the bench's tokenizer in {model_dir} encodes 't5 t17 t99' as {list(ids)}, not [5, 17, 99]: "
+            "samples would not have their intended length"
+        )
+
+
 def _lengths(rng: random.Random, n: int, max_len: int) -> list[int]:
     # sample length without eos; with eos appended it is at most max_len
     return [
@@ -101,18 +137,23 @@ def _lengths(rng: random.Random, n: int, max_len: int) -> list[int]:
     ]
 
 
-def samples(n: int, max_len: int, vocab: int, seed: int = 0, subvocab: int = SUBVOCAB) -> list[list[int]]:
+def samples(
+    n: int, max_len: int, vocab: int, seed: int = 0, subvocab: int = SUBVOCAB, full_rows: bool = False
+) -> list[list[int]]:
     """`n` token-id sequences of the learnable task, each ending with eos.
 
     A smaller `subvocab` makes the task quicker to learn (loss runs). The floor is the task's
     entropy, ≈ 0.5 + 0.2·ln(subvocab) nats/token (2.0 for 2,048 tokens, 1.6 for 256).
+    `full_rows`: every sample is exactly `max_len` tokens, so packed rows are full (the memory
+    grid measures the estimator's worst case, every row at the maximum length).
     """
     task = random.Random(1234)  # the task is the same for every seed
     sub = task.sample(range(3, vocab), subvocab)
     succ = {a: sub[task.randrange(subvocab)] for a in sub}
     rng = random.Random(seed)
     out = []
-    for length in _lengths(rng, n, max_len):
+    lengths = [max_len - 1] * n if full_rows else _lengths(rng, n, max_len)
+    for length in lengths:
         cur = rng.choice(sub)
         seq = [cur]
         for _ in range(length - 1):

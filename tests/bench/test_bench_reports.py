@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+import fit  # noqa: E402
 import grid  # noqa: E402
 import run  # noqa: E402
 
@@ -101,16 +102,26 @@ def test_collect_keeps_one_measurement_per_setting_and_lists_the_failures(tmp_pa
     assert all(p["shape"] == "llama-3.2-1b" for p in doc["points"])  # the estimator's shape names
     failed = {(p["seq_len"], p["micro_batch"]): p for p in doc["not_measured"]}
     assert set(failed) == {(4096, 4), (4096, 1)} and failed[(4096, 4)]["oom"] is True
-    assert doc["gpu"] == h100
+    assert doc["gpus"] == [h100] and all(p["gpu"] == h100 for p in doc["points"])
     assert new.exists()
 
 
-def test_collect_refuses_to_mix_gpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = _grid_file(tmp_path / "a.json", "NVIDIA H100 80GB HBM3", [_point(2048, 4, 100)])
-    b = _grid_file(tmp_path / "b.json", "NVIDIA H200", [_point(512, 4, 100)])
-    assert grid.main(["collect", str(a), str(b), "--into", str(tmp_path / "out.json")]) == 2
-    assert "different GPUs" in capsys.readouterr().err
-    assert not (tmp_path / "out.json").exists()
+def test_collect_keeps_each_gpu_models_points_apart(tmp_path: Path) -> None:
+    h100, h200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+    a = _grid_file(tmp_path / "a.json", h100, [_point(2048, 4, 100)])
+    b = _grid_file(tmp_path / "b.json", h200, [_point(2048, 4, 90), _point(512, 4, 40)])
+    out = tmp_path / "out.json"
+    assert grid.main(["collect", str(a), str(b), "--into", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["gpus"] == [h100, h200]
+    # the same setting measured on two GPU models is two points, each replayed against its own GPU
+    measured = {fit.point_id(p): p["measured_nvml_bytes"] for p in doc["points"]}
+    assert measured == {
+        "H100-80GB-HBM3/llama-3.2-1b-qlora-2048x4-ckpt": 100,
+        "H200/llama-3.2-1b-qlora-2048x4-ckpt": 90,
+        "H200/llama-3.2-1b-qlora-512x4-ckpt": 40,
+    }
+    assert set(doc["versions"]) == {h100, h200}
 
 
 def test_a_bad_point_is_refused_before_anything_runs() -> None:
