@@ -25,7 +25,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:  # the spec model imports this module; the estimator itself needs no pydantic
+    from kubeft.spec import FineTuneJobSpec
 
 Method = Literal["qlora", "lora", "full"]
 METHODS: Final[tuple[Method, ...]] = ("full", "lora", "qlora")  # most accurate first
@@ -46,6 +49,8 @@ OPTIMIZERS: Final = (
     "adafactor",
     "sgd",
 )
+# bitsandbytes 8-bit optimizers: transformers' Trainer keeps the states of nn.Embedding weights in 32 bits
+OPTIMIZERS_8BIT: Final = frozenset({"adamw_8bit", "paged_adamw_8bit"})
 
 
 class EstimateError(ValueError):
@@ -83,18 +88,31 @@ class Constants:
     optimizer_32bit: frozenset[str] = frozenset(
         {"adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adafactor"}
     )
+    # With an 8-bit optimizer, transformers' Trainer registers every nn.Embedding weight for 32-bit
+    # states (two fp32 moments): full fine-tuning pays them on the input embeddings.
+    embedding_optimizer_bytes_per_param: float = 8.0
     # Activations per token per layer (bf16, varlen/flash attention, Liger's fused RMSNorm/SwiGLU):
     #   a = attn_hidden·h + kv·h_kv + mlp·F (+ norm_fp32·h) (+ dropout·(6h + F) when lora_dropout > 0)
-    # Fitted to kubeft's trainer on an H100 (bench/results/estimator_grid.json; the analytic
-    # 12h + 4h_kv + 8F over-predicted the no-checkpointing peaks by ~20%).
-    act_hidden_coeff: float = 2.0
-    act_kv_coeff: float = 4.0
-    act_mlp_coeff: float = 8.75
+    # Fitted to kubeft's trainer on H100 and H200 (bench/results/estimator_grid.json: Llama and Qwen2
+    # shapes). mlp·F is SwiGLU's gate, up and down inputs (≈ 3 bf16 F-vectors); the shapes' kv/h
+    # ratios (0.14–0.25) are too close to tell h from h_kv, so the fit puts the h-sized part on kv.
+    act_hidden_coeff: float = 0.0
+    act_kv_coeff: float = 12.79
+    act_mlp_coeff: float = 8.34
     act_norm_fp32_coeff: float = 0.0  # fp32 RMSNorm copies (12 without a fused RMSNorm kernel)
     act_dropout_coeff: float = 3.0
+    # bf16 base layers (LoRA, full) keep more per token than bitsandbytes' 4-bit matmul, which saves
+    # only what its backward needs: bf16·h more per token per layer (fitted; the same on Llama and
+    # Qwen2 shapes whose MLP widths differ, so it scales with the hidden size)
+    act_bf16_base_hidden_coeff: float = 6.692
     # With gradient checkpointing each layer keeps its bf16 input (2h) plus what the recompute
     # keeps alive around it: ckpt·h per token per layer (fitted)
-    act_checkpoint_coeff: float = 2.25
+    act_checkpoint_coeff: float = 2.663
+    # ... and with bf16 base layers (LoRA, full) ckpt_bf16·h more per token per layer (fitted)
+    act_checkpoint_bf16_base_coeff: float = 1.011
+    # With the layer inputs offloaded to host memory, the GPU still holds one layer's activations
+    # being recomputed plus the transfers in flight (TRL's offloading stash): this many layers' worth
+    offload_gpu_layers: float = 1.715
     # Padded (not padding-free) batches build a 4D attention mask: b·L·L elements
     attention_mask_bytes: float = 2.0
     # Logits and loss buffers per token per vocabulary entry
@@ -102,11 +120,18 @@ class Constants:
     logits_bytes_fused: float = 0.0  # fused linear cross-entropy (Liger) / chunked CE
     # a chunked LM head still holds one fp32 tile of logits (TRL: 4096 tokens × 32768 entries) (fitted)
     fused_logits_chunk_bytes: int = 128 * 1024 * 1024
+    # with gradient checkpointing the peak comes in the backward's recompute, when the loss's
+    # chunk is gone: this share of it counts then (fitted)
+    fused_chunk_checkpointed_share: float = 0.5653
     # QLoRA dequantises one linear at a time to bf16 (forward and backward)
     dequant_workspace_copies: float = 2.0
     # Fixed and proportional overheads
-    cuda_context_bytes: int = 768 * 1024 * 1024  # invisible to torch.cuda.max_memory_*, seen by NVML
-    allocator_fraction: float = 0.10  # caching-allocator slack over allocated bytes
+    cuda_context_bytes: int = 748 * 1024 * 1024  # invisible to torch.cuda.max_memory_*, seen by NVML
+    # Caching-allocator slack (reserved over allocated): tensors that come and go in every step
+    # (activations, logits, gradients, dequantisation) fragment the cache; weights and optimizer
+    # states are allocated once, in few large blocks
+    allocator_fraction: float = 0.06484
+    allocator_static_fraction: float = 0.07812
 
 
 DEFAULT_CONSTANTS: Final = Constants()
@@ -272,6 +297,28 @@ class Setup:
         """Tokens in one micro-batch at the worst case (every sequence at the maximum length)."""
         return self.micro_batch * self.seq_len
 
+    @classmethod
+    def from_spec(cls, spec: FineTuneJobSpec, method: Method) -> Setup:
+        """The inputs for a FineTuneJob spec trained with ``method`` (resolved: never ``auto``).
+
+        The one place a spec becomes a Setup: the operator places with it, the trainer plans its
+        profile with it, ``kubeft estimate`` prints it, so their numbers agree. kubeft's trainer
+        always computes the LM head's loss in chunks (TRL), hence ``fused_cross_entropy``.
+        """
+        hp = spec.hyperparameters
+        return cls(
+            method=method,
+            micro_batch=hp.batch_size,
+            seq_len=hp.max_seq_length,
+            gradient_checkpointing=hp.gradient_checkpointing,
+            padding_free=hp.packing,
+            fused_cross_entropy=True,
+            optimizer=hp.optimizer,
+            lora_r=hp.lora.r,
+            lora_targets=tuple(hp.lora.target_modules),
+            lora_dropout=hp.lora.dropout,
+        )
+
 
 # Profiles the trainer can run in (issue: lean by default, fast when the GPU has room).
 def lean(setup: Setup) -> Setup:
@@ -336,6 +383,8 @@ def activation_bytes_per_token_per_layer(shape: ModelShape, setup: Setup, c: Con
     h, f = shape.hidden_size, shape.intermediate_size
     a = c.act_hidden_coeff * h + c.act_kv_coeff * shape.kv_dim + c.act_mlp_coeff * f
     a += c.act_norm_fp32_coeff * h
+    if setup.method != "qlora":
+        a += c.act_bf16_base_hidden_coeff * h
     if setup.method != "full" and setup.lora_dropout > 0:
         a += c.act_dropout_coeff * (6 * h + f)
     return a
@@ -368,6 +417,9 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
         # 32-bit optimizer states take the bf16 parameters' dtype
         scale = c.bf16_bytes_per_param / 4.0 if setup.optimizer in c.optimizer_32bit else 1.0
         optimizer = total * opt * scale
+        if setup.optimizer in OPTIMIZERS_8BIT:
+            embeddings = shape.vocab_size * shape.hidden_size  # the input embedding (an nn.Embedding)
+            optimizer += embeddings * (c.embedding_optimizer_bytes_per_param - opt)
     else:
         if setup.lora_r < 1:
             raise EstimateError("LoRA rank must be at least 1")
@@ -381,11 +433,13 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
     tokens = setup.tokens
     a = activation_bytes_per_token_per_layer(shape, setup, c)
     if setup.gradient_checkpointing and setup.offload_activations:
-        # layer inputs live in host memory; one layer at a time is recomputed on the GPU
-        activations = tokens * a
+        # layer inputs live in host memory; one layer at a time is recomputed on the GPU, with the
+        # next transfers in flight
+        activations = tokens * a * c.offload_gpu_layers
     elif setup.gradient_checkpointing:
         # every layer's input is kept; one layer at a time is recomputed with its full activations
-        activations = tokens * (n_layers * c.act_checkpoint_coeff * shape.hidden_size + a)
+        kept = c.act_checkpoint_coeff + (c.act_checkpoint_bf16_base_coeff if setup.method != "qlora" else 0.0)
+        activations = tokens * (n_layers * kept * shape.hidden_size + a)
     else:
         activations = tokens * n_layers * a
     if not setup.padding_free:
@@ -394,14 +448,30 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
     per_token_vocab = c.logits_bytes_fused if setup.fused_cross_entropy else c.logits_bytes
     logits = tokens * shape.vocab_size * per_token_vocab
     if setup.fused_cross_entropy:
-        logits += c.fused_logits_chunk_bytes
+        share = c.fused_chunk_checkpointed_share if setup.gradient_checkpointing else 1.0
+        logits += c.fused_logits_chunk_bytes * share
 
     workspace = 0.0
     if setup.method == "qlora":
         biggest = max(i * o for i, o in shape.linear_dims().values())
         workspace = biggest * c.bf16_bytes_per_param * c.dequant_workspace_copies
-    allocated = weights + adapters + gradients + optimizer + activations + logits + workspace
-    overhead = c.cuda_context_bytes + workspace + c.allocator_fraction * allocated
+    if setup.method == "full":
+        # The backward frees each layer's activations as it makes that layer's gradients, so the two
+        # peak at opposite ends of it: all activations with the LM head's gradient (the first one
+        # made) at its start, all gradients at its end, with a tied embedding's second gradient (its
+        # lookup's, added to the head's) briefly beside them. ``activations`` is what the first
+        # exceeds the second by.
+        head = shape.vocab_size * shape.hidden_size * c.full_grad_bytes_per_param
+        gradients += head if shape.tie_word_embeddings else 0.0
+        activations = max(0.0, activations + head - gradients)
+    dynamic = gradients + activations + logits + workspace
+    static = weights + adapters + optimizer
+    overhead = (
+        c.cuda_context_bytes
+        + workspace
+        + c.allocator_fraction * dynamic
+        + c.allocator_static_fraction * static
+    )
 
     return Estimate(
         method=setup.method,
@@ -463,6 +533,11 @@ KNOWN_SHAPES: Final[dict[str, dict[str, Any]]] = {
     "qwen2.5-0.5b": {
         "model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
         "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "qwen2.5-1.5b": {
+        "model_type": "qwen2", "hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12,
+        "num_key_value_heads": 2, "intermediate_size": 8960, "vocab_size": 151936,
         "tie_word_embeddings": True,
     },
     "qwen2.5-7b": {

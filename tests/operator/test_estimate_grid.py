@@ -1,8 +1,8 @@
 """Replays the committed calibration grid (bench/results/estimator_grid.json) through the estimator.
 
 Every point is a peak measured on a GPU while kubeft's trainer ran (NVML, CUDA context
-included). The estimator must be within 10% of it and never more than 5% below (an
-under-estimate means an OOM on the node the operator chose).
+included), on the GPU model the point names. The estimator must be within 10% of it and never
+more than 5% below (an under-estimate means an OOM on the node the operator chose).
 """
 
 from __future__ import annotations
@@ -26,17 +26,21 @@ GRID = REPO / "bench" / "results" / "estimator_grid.json"
 POINTS: list[dict[str, Any]] = json.loads(GRID.read_text())["points"]
 
 
-def _id(p: dict[str, Any]) -> str:
-    ckpt = "offload" if p["offload_activations"] else ("ckpt" if p["gradient_checkpointing"] else "nockpt")
-    return f"{p['shape']}-{p['method']}-{p['seq_len']}x{p['micro_batch']}-{ckpt}"
+def test_the_grid_covers_architectures_gpus_methods_and_profiles() -> None:
+    assert len(POINTS) >= 40
+    assert len({p["gpu"] for p in POINTS}) >= 2  # every point names the GPU model it was measured on
+    shapes = {p["shape"] for p in POINTS}
+    assert shapes >= {"llama-3.2-1b", "llama-3.1-8b", "qwen2.5-1.5b", "qwen2.5-7b"}
+    # architectures whose head ratios and MLP widths differ, so the h, h_kv and F terms are told apart
+    ratios = {(round(s.kv_dim / s.hidden_size, 3), round(s.intermediate_size / s.hidden_size, 2))
+              for s in map(est.known_shape, shapes)}  # fmt: skip
+    assert len(ratios) >= 3
+    assert {p["method"] for p in POINTS} == {"qlora", "lora", "full"}
+    kinds = {(p["gradient_checkpointing"], p["offload_activations"]) for p in POINTS}
+    assert kinds == {(False, False), (True, False), (True, True)}
 
 
-def test_the_grid_covers_both_shapes_and_both_profiles() -> None:
-    assert {p["shape"] for p in POINTS} >= {"llama-3.2-1b", "llama-3.1-8b"}
-    assert {p["gradient_checkpointing"] for p in POINTS} == {True, False}
-
-
-@pytest.mark.parametrize("point", POINTS, ids=_id)
+@pytest.mark.parametrize("point", POINTS, ids=fit.point_id)
 def test_estimate_matches_the_measured_peak(point: dict[str, Any]) -> None:
     reason = fit.skip_reason(point)
     if reason is not None:  # a run that failed, ran out of memory or measured nothing
