@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 from kubeft_trainer import data
+from kubeft_trainer.status import KubeStatusReporter
+
+from kubeft import contract
 
 from .trainer_helpers import QA, SYSTEM, write_jsonl
 
@@ -101,3 +104,60 @@ def test_a_dataset_that_fits_says_so_and_drops_nothing(dataset_file: Any, tiny_t
     assert built.lengths is not None and built.lengths.truncated == 0 and len(built.train) == len(QA)
     assert built.lengths.summary().endswith(f"none of {len(QA)} samples longer than maxSeqLength {LIMIT}")
     assert not built.lengths.warning
+
+
+# --- Events on the cluster -------------------------------------------------------------------------
+
+
+class FakeApi:
+    """CustomObjectsApi (status patches, get) and CoreV1Api (events) in one recorder."""
+
+    def __init__(self, fail_with: int | None = None) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.fail_with = fail_with
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def get_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, name: str) -> Any:
+        return {"metadata": {"name": name, "uid": "uid-from-get"}}
+
+    def create_namespaced_event(self, namespace: str, body: Any, **kwargs: Any) -> None:
+        if self.fail_with is not None:
+            exc = RuntimeError("refused")
+            exc.status = self.fail_with  # type: ignore[attr-defined]
+            raise exc
+        self.events.append((namespace, body))
+
+
+@pytest.mark.parametrize("uid", ["uid-from-config", ""])
+def test_an_event_is_created_on_the_finetunejob(uid: str) -> None:
+    api = FakeApi()
+    reporter = KubeStatusReporter(api, "team-a", "job-1", interval=0.1, core=api, uid=uid)
+    reporter.event("Warning", "DatasetTruncated", "x" * 2000)
+    reporter.close()
+    ((namespace, body),) = api.events
+    assert namespace == "team-a" and body.metadata.namespace == "team-a"
+    assert body.metadata.name.startswith("job-1.")
+    ref = body.involved_object
+    assert (ref.api_version, ref.kind, ref.name, ref.namespace) == (
+        contract.API_VERSION,
+        contract.KIND,
+        "job-1",
+        "team-a",
+    )
+    assert ref.uid == (uid or "uid-from-get")  # kubectl describe matches events by uid
+    assert (body.type, body.reason) == ("Warning", "DatasetTruncated")
+    assert len(body.message) == 1024 and body.message.endswith("...")
+    assert body.source.component == "kubeft-trainer"
+
+
+def test_a_forbidden_event_is_logged_and_not_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    api = FakeApi(fail_with=403)
+    reporter = KubeStatusReporter(api, "team-a", "job-1", interval=0.1, core=api, uid="u")
+    reporter.event("Normal", "DatasetLengths", "fine")
+    api.fail_with = None
+    reporter.event("Normal", "DatasetLengths", "fine again")
+    reporter.close()
+    assert api.events == []
+    assert "needs create on events" in caplog.text
