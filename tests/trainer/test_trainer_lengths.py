@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubeft_trainer import data
-from kubeft_trainer.status import KubeStatusReporter
+from kubeft_trainer.__main__ import main
+from kubeft_trainer.config import JobRef, RuntimeOptions, TrainerConfig, parse_spec
+from kubeft_trainer.status import KubeStatusReporter, StatusReporter
+from kubeft_trainer.train import Recipe
 
 from kubeft import contract
 
-from .trainer_helpers import QA, SYSTEM, write_jsonl
+from .runs import losses, write_job
+from .trainer_helpers import QA, SYSTEM, job_spec, write_jsonl
 
 NS, JOB = "test", "tiny"
 LIMIT = 64
@@ -61,6 +66,30 @@ def mixed(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "mixed.jsonl", short_rows() + answer_cut_rows(4) + partly_cut_rows(2))
 
 
+def recipe(spec: dict[str, Any], workdir: Path, status: StatusReporter) -> Recipe:
+    cfg = TrainerConfig(
+        job=JobRef(JOB, NS),
+        spec=parse_spec(spec),
+        runtime=RuntimeOptions(workdir=workdir, metrics_port=None, report_status=False),
+    )
+    return Recipe(cfg, status=status)
+
+
+class RecordingReporter(StatusReporter):
+    """Keeps every status update, so tests see values that later updates replace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates: list[dict[str, Any]] = []
+
+    def update(self, **fields: Any) -> None:
+        self.updates.append(fields)
+        super().update(**fields)
+
+    def said(self, key: str) -> list[Any]:
+        return [u["progress"][key] for u in self.updates if key in (u.get("progress") or {})]
+
+
 # --- the report --------------------------------------------------------------------------------
 
 
@@ -104,6 +133,148 @@ def test_a_dataset_that_fits_says_so_and_drops_nothing(dataset_file: Any, tiny_t
     assert built.lengths is not None and built.lengths.truncated == 0 and len(built.train) == len(QA)
     assert built.lengths.summary().endswith(f"none of {len(QA)} samples longer than maxSeqLength {LIMIT}")
     assert not built.lengths.warning
+
+
+def test_long_samples_show_in_the_status_the_event_and_the_run_summary(
+    mixed: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    spec = job_spec(tiny_model_dir, mixed, maxSeqLength=LIMIT, maxSteps=2)
+    spec["storage"] = {"endpoint": (tmp_path / "store").as_uri(), "bucket": "kubeft"}
+    status = RecordingReporter()
+    recipe(spec, tmp_path / "work", status).run()
+    # the Event: a Warning (6 of 14 cut is past the stated 5%), with counts, lines and percentiles
+    ((type_, reason, message),) = status.events
+    assert (type_, reason) == ("Warning", "DatasetTruncated")
+    assert "6 of 14 samples longer than maxSeqLength 64" in message
+    assert "dropped 4 whose answer was cut away (lines 9, 10, 11, 12)" in message and "p95 " in message
+    # status.progress.message keeps it for the whole run
+    assert status.state["progress"]["message"] == message
+    # the run summary (status.metrics)
+    metrics = status.state["metrics"]
+    assert metrics["trainSamplesTruncated"] == 6 and metrics["trainSamplesAnswerCut"] == 4
+    assert metrics["trainSamplesAnswerPartlyCut"] == 2 and metrics["trainSamples"] == 10
+    assert metrics["trainTokensCut"] > 0
+    assert metrics["trainLengthP50"] <= LIMIT < metrics["trainLengthP95"] <= metrics["trainLengthMax"]
+    assert metrics["suggestedMaxSeqLength"] == metrics["trainLengthP95"]
+
+
+def test_a_clean_dataset_gets_a_normal_event_and_no_message(
+    dataset_file: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    spec = job_spec(tiny_model_dir, dataset_file("alpaca"), maxSteps=1)
+    status = RecordingReporter()
+    run = recipe(spec, tmp_path / "work", status)
+    try:
+        run.setup()
+    finally:
+        run.cleanup(False)
+    ((type_, reason, message),) = status.events
+    assert (type_, reason) == ("Normal", "DatasetLengths")
+    assert message.endswith("none of 8 samples longer than maxSeqLength 128")
+    assert status.state["progress"]["message"] == ""
+
+
+def test_every_answer_cut_away_exits_2_with_the_length_that_would_fit(
+    tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer: Any, trainer_env: Path
+) -> None:
+    path = write_jsonl(tmp_path / "long.jsonl", answer_cut_rows(6))
+    spec = job_spec(tiny_model_dir, path, maxSeqLength=LIMIT)
+    spec["storage"] = {"endpoint": (tmp_path / "store").as_uri(), "bucket": "kubeft"}
+    job = write_job(tmp_path / "job.yaml", spec)
+    rc = main(["--config", str(job), "--workdir", str(tmp_path / "work"), "--no-status", "--no-metrics"])
+    assert rc == contract.EXIT_INVALID_INPUT == 2
+    message = json.loads(trainer_env.read_text())
+    assert message["reason"] == "InvalidInput"
+    fits = p(token_lengths(tiny_tokenizer, path), 95)
+    assert fits > LIMIT
+    assert f"maxSeqLength {LIMIT} cuts away the answer of every sample" in message["message"]
+    assert "lines 1, 2, 3, 4, 5, ..." in message["message"]
+    assert f"maxSeqLength {fits} would keep 95% of the samples whole" in message["message"]
+
+
+# --- steps without a trainable token ---------------------------------------------------------------
+
+
+def _zero_loss_case(tmp_path: Path, tiny_model_dir: Path) -> dict[str, Any]:
+    # Packed rows of LIMIT tokens, one per step: a long sample alone fills one, and before the
+    # answer-cut samples were dropped, such a row trained nothing (TRL logged loss 0.0).
+    path = write_jsonl(tmp_path / "cut.jsonl", short_rows()[:2] + answer_cut_rows(10))
+    spec = job_spec(tiny_model_dir, path, maxSeqLength=LIMIT, maxSteps=6, batchSize=1)
+    spec["storage"] = {"endpoint": (tmp_path / "store").as_uri(), "bucket": "kubeft"}
+    spec["checkpoints"] = {"everySteps": 6, "keep": 1}
+    return spec
+
+
+def _step_losses(tmp_path: Path) -> dict[int, float]:
+    state = tmp_path / "store/kubeft" / contract.checkpoint_prefix(NS, JOB, 6) / "trainer_state.json"
+    return losses(json.loads(state.read_text()))
+
+
+@pytest.mark.slow
+def test_no_step_reports_a_loss_of_0(tmp_path: Path, tiny_model_dir: Path) -> None:
+    status = RecordingReporter()
+    recipe(_zero_loss_case(tmp_path, tiny_model_dir), tmp_path / "work", status).run()
+    reported = status.said("trainLoss")
+    assert reported and all(loss > 0 for loss in reported), reported  # the LOSS column
+    step_losses = _step_losses(tmp_path)
+    assert sorted(step_losses) == list(range(1, 7)) and all(v > 0 for v in step_losses.values()), step_losses
+    assert status.state["metrics"]["trainLoss"] > 0
+
+
+@pytest.mark.slow
+def test_a_step_without_trainable_tokens_reports_no_loss(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Force the unavoidable case: keep the answer-cut samples (as if the cut were not checked),
+    # so that some packed rows have no target at all.
+    keep = data._trainable
+    monkeypatch.setattr(data, "_trainable", lambda labels, end: keep(labels, len(labels)))
+    status = RecordingReporter()
+    run = recipe(_zero_loss_case(tmp_path, tiny_model_dir), tmp_path / "work", status)
+    run.run()
+    untrained = run.trainer.untrained_steps
+    assert untrained and len(untrained) < 6  # the case is what it should be
+    step_losses = _step_losses(tmp_path)
+    assert sorted(step_losses) == sorted(set(range(1, 7)) - set(untrained))  # no value for those steps
+    assert all(v > 0 for v in step_losses.values())
+    assert all(loss > 0 for loss in status.said("trainLoss"))
+    summary = status.state["metrics"]
+    assert summary["untrainedSteps"] == len(untrained)
+    # the run's mean is over the steps that trained, not diluted by zeros
+    assert summary["trainLoss"] == pytest.approx(sum(step_losses.values()) / len(step_losses), rel=1e-4)
+
+
+def test_the_guard_leaves_the_loss_out_of_an_untrained_steps_log() -> None:
+    import torch
+    from kubeft_trainer.callbacks import UntrainedStepGuard
+
+    class Base:
+        def __init__(self) -> None:
+            self.state = type("State", (), {"global_step": 0})()
+            self.logged: list[dict[str, float]] = []
+
+        def get_batch_samples(self, it: Any, n: int, device: Any) -> tuple[list[Any], None]:
+            return [next(it) for _ in range(n)], None
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            self.logged.append(dict(logs))
+
+    class Trainer(UntrainedStepGuard, Base):
+        pass
+
+    trainer = Trainer()
+    # only the first label is set: it is never a target, so the step trains nothing
+    masked = {"labels": torch.tensor([[5, -100, -100]])}
+    trained = {"labels": torch.tensor([[-100, -100, 7]])}
+    for step, batch in enumerate([masked, trained], 1):
+        trainer.get_batch_samples(iter([batch]), 1, "cpu")
+        trainer.state.global_step = step
+        trainer.log({"loss": 0.0 if step == 1 else 2.5, "grad_norm": 0.0, "learning_rate": 1e-3})
+    assert trainer.untrained_steps == [1]
+    assert trainer.logged == [
+        {"grad_norm": 0.0, "learning_rate": 1e-3},
+        {"loss": 2.5, "grad_norm": 0.0, "learning_rate": 1e-3},
+    ]
 
 
 # --- Events on the cluster -------------------------------------------------------------------------
