@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ from kubeft_trainer.config import JobRef, RuntimeOptions, TrainerConfig, parse_s
 from kubeft_trainer.status import KubeStatusReporter, StatusReporter
 from kubeft_trainer.train import Recipe
 
-from kubeft import contract
+from kubeft import contract, estimate_cli
 
 from .runs import losses, write_job
 from .trainer_helpers import QA, SYSTEM, job_spec, write_jsonl
@@ -332,3 +333,73 @@ def test_a_forbidden_event_is_logged_and_not_tried_again(caplog: pytest.LogCaptu
     reporter.close()
     assert api.events == []
     assert "needs create on events" in caplog.text
+
+
+# --- kubeft estimate --dataset -----------------------------------------------------------------
+
+
+def estimate(*argv: str) -> tuple[int, str]:
+    from kubeft.cli import build_parser
+
+    args = build_parser().parse_args(["estimate", *argv])
+    out = io.StringIO()
+    return estimate_cli.run(args, out), out.getvalue()
+
+
+def test_estimate_prints_the_trainers_length_report_and_estimates_for_the_suggestion(
+    mixed: Path, tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
+    rc, text = estimate(str(tiny_model_dir), "--dataset", str(mixed), "--max-seq-length", str(LIMIT))
+    assert rc == 0, text
+    built = data.build_datasets(
+        mixed, str(mixed), "auto", tiny_tokenizer, data.CHATML_TEMPLATE, "responses", 0, max_seq_length=LIMIT
+    )
+    assert built.lengths is not None
+    suggested = p(token_lengths(tiny_tokenizer, mixed), 95)
+    assert built.lengths.summary() in text  # the same numbers as the trainer's
+    assert f"suggested   maxSeqLength {suggested} (keeps 95% of the samples whole)" in text
+    assert f"batch 2 x {suggested} tokens" in text
+    # JSON: the report, and the estimate is the one for the suggested length
+    rc, doc_text = estimate(
+        str(tiny_model_dir), "--dataset", str(mixed), "--max-seq-length", "64", "-o", "json"
+    )
+    doc = json.loads(doc_text)
+    assert doc["dataset"]["suggestedMaxSeqLength"] == suggested
+    assert doc["dataset"]["datasetSamplesAnswerCut"] == 4 and doc["dataset"]["maxSeqLength"] == LIMIT
+    _, plain = estimate(str(tiny_model_dir), "--max-seq-length", str(suggested), "-o", "json")
+    assert doc["estimatedBytes"] == json.loads(plain)["estimatedBytes"]
+
+
+@pytest.mark.parametrize("fmt", ["alpaca", "sharegpt", "messages", "text"])
+def test_estimate_reads_each_test_dataset_format(fmt: str, dataset_file: Any, tiny_model_dir: Path) -> None:
+    path = dataset_file(fmt)
+    rc, text = estimate(str(tiny_model_dir / "config.json"), "--dataset", str(path))
+    assert rc == 0, text
+    assert f"format {fmt} (detected), 8 of 8 rows usable" in text
+    assert "none of 8 samples longer than maxSeqLength 2048" in text
+
+
+def test_estimate_without_a_tokenizer_says_one_is_needed(
+    mixed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, text = estimate("llama-3.1-8b", "--dataset", str(mixed))
+    assert rc == 2 and text == ""
+    assert "--dataset needs a tokenizer" in capsys.readouterr().err
+
+
+def test_estimate_of_an_s3_dataset_needs_an_endpoint(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    rc, _ = estimate(str(tiny_model_dir), "--dataset", "s3://kubeft/data/train.jsonl", "--s3-endpoint", "")
+    assert rc == 2
+    assert "give the endpoint with --s3-endpoint" in capsys.readouterr().err
+
+
+def test_estimate_of_a_dataset_without_usable_rows_exits_2(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", ["{oops", {"messages": [{"role": "user", "content": "q"}]}])
+    rc, text = estimate(str(tiny_model_dir), "--dataset", str(path))
+    assert rc == 2 and text == ""
+    assert "no usable rows" in capsys.readouterr().err
