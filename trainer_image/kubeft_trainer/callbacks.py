@@ -1,4 +1,12 @@
-"""Trainer callbacks: metrics and status per step, eval schedule, checkpoint upload, SIGTERM."""
+"""Trainer callbacks: metrics and status per step, eval schedule, checkpoint upload, SIGTERM.
+
+A step's loss (what `ProgressCallback` reports as trainLoss) is the mean cross-entropy over
+the step's trainable tokens: TRL sums the per-token losses of every micro-batch of the
+optimizer step and divides by the number of labelled targets of the whole step
+(``num_items_in_batch``), so long and short samples weigh by their tokens, not per sample.
+A step without any trainable token has no loss; `UntrainedStepGuard` keeps it from being
+reported as 0.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -120,6 +129,9 @@ class ProgressCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         logs = logs or {}
+        # a loss that is not a number reports nothing (the last value stays), never 0
+        if "loss" in logs and not math.isfinite(logs["loss"]):
+            logs = {k: v for k, v in logs.items() if k != "loss"}
         if "loss" in logs:
             self.metrics.set("train_loss", logs["loss"])
             self.progress["trainLoss"] = _round(logs["loss"])
@@ -145,6 +157,8 @@ class ProgressCallback(TrainerCallback):
                 float(logs.get("grad_norm") or 0.0),
                 self.tokens_per_second,
             )
+        elif "learning_rate" in logs and "grad_norm" in logs:  # a training step without a loss
+            log.info("step %d/%d no loss (no trainable token)", state.global_step, state.max_steps)
         self.status.update(progress=dict(self.progress))
 
     def on_evaluate(
@@ -203,3 +217,47 @@ class CheckpointCallback(TrainerCallback):
     ) -> None:
         local = Path(str(args.output_dir)) / f"{LOCAL_PREFIX}{state.global_step}"
         self.uploader.submit(state.global_step, local)
+
+
+def trainable_tokens(batches: list[dict[str, Any]]) -> int:
+    """Labelled targets in the micro-batches of one step (the first token of a row is never one)."""
+    total = 0
+    for batch in batches:
+        labels = batch.get("shift_labels")
+        if labels is None:
+            labels = batch["labels"][..., 1:]
+        total += int((labels != -100).sum())
+    return total
+
+
+class UntrainedStepGuard:
+    """Trainer mixin: a step without any trainable token reports no loss instead of 0.
+
+    TRL divides a step's summed token losses by its trainable tokens clamped to 1, so a step
+    whose labels are all masked logs loss 0.0, which reads as a perfect fit. The dataset code
+    drops samples that would do this; should such a step still happen, its "loss" is left out
+    of the log (the metrics, the status and the LOSS column keep the previous value) and the
+    step is listed in `untrained_steps`. Use as ``class T(UntrainedStepGuard, SFTTrainer)``.
+    """
+
+    state: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.untrained_steps: list[int] = []
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator[Any], num_batches: int, device: Any
+    ) -> tuple[list[Any], Any]:
+        base = cast(Any, super())
+        batches, num_items = base.get_batch_samples(epoch_iterator, num_batches, device)
+        # called once per optimizer step, before it: the step about to run is global_step + 1
+        if batches and all("labels" in b for b in batches) and trainable_tokens(batches) == 0:
+            self.untrained_steps.append(int(self.state.global_step) + 1)
+        return batches, num_items
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and int(self.state.global_step) in self.untrained_steps:
+            log.warning("step %d had no trainable token: no loss reported for it", self.state.global_step)
+            del logs["loss"]
+        cast(Any, super()).log(logs, *args, **kwargs)

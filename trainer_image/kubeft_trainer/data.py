@@ -16,6 +16,12 @@ characters of assistant turns (content and end-of-turn marker) keep their token 
 labels, everything else is -100; ``all`` trains on every token. Packing (bfd, padding-free)
 is left to TRL's SFTTrainer, which resets position_ids per packed sample so that attention
 never crosses sample boundaries.
+
+Lengths: samples are cut to ``maxSeqLength`` here (keeping the start, as TRL would), so that
+what the `LengthReport` says is what trains. A sample whose answer lies wholly past the limit
+would train nothing (a packed row of such samples makes a step with loss 0): it is dropped and
+counted like a malformed row. No sample left is an InvalidInputError naming the length that
+keeps 95% of the samples whole.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +44,10 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 DATA_SUFFIXES = (".jsonl", ".json", ".ndjson")
 MALFORMED_LINES_SHOWN = 5
+# More than this share of samples longer than maxSeqLength makes the length Event a Warning.
+TRUNCATED_WARNING_SHARE = 0.05
+# The share of samples the suggested maxSeqLength keeps whole.
+KEEP_WHOLE_SHARE = 0.95
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -79,6 +90,7 @@ class Sample:
 
     messages: list[dict[str, str]] | None = None
     text: str | None = None
+    line: int = 0  # where the row is in its dataset (1-based; JSON lists count items), for reports
 
 
 @dataclass
@@ -106,6 +118,99 @@ class DataReport:
             top = "; ".join(f"{r} ({n})" for r, n in self.reasons.most_common(3))
             text += f"; skipped {self.malformed} malformed rows (lines {lines}{more}): {top}"
         return text
+
+
+def percentile(sorted_values: Sequence[int], share: float) -> int:
+    """Nearest-rank percentile: the smallest value that at least `share` of the values do not exceed."""
+    if not sorted_values:
+        return 0
+    return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]
+
+
+@dataclass
+class LengthReport:
+    """What ``maxSeqLength`` does to one tokenized dataset (train or eval).
+
+    `lengths` are the token lengths before the cut, of every sample that has a trainable
+    token at all. A token is trainable when its label is set and it is not the sample's first
+    token: the loss predicts token i from the tokens before it, so the first is never a target.
+    """
+
+    source: str
+    max_seq_length: int | None
+    lengths: list[int] = field(default_factory=list, repr=False)
+    truncated: int = 0  # samples longer than max_seq_length
+    tokens_cut: int = 0
+    answer_cut: int = 0  # dropped: every trainable token was past the limit
+    answer_cut_lines: list[int] = field(default_factory=list)
+    answer_partly_cut: int = 0
+
+    @property
+    def samples(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def kept(self) -> int:
+        return self.samples - self.answer_cut
+
+    def percentile(self, share: float) -> int:
+        return percentile(sorted(self.lengths), share)
+
+    @property
+    def suggested_max_seq_length(self) -> int:
+        """The shortest maxSeqLength that keeps KEEP_WHOLE_SHARE of the samples whole."""
+        return self.percentile(KEEP_WHOLE_SHARE)
+
+    @property
+    def truncated_share(self) -> float:
+        return self.truncated / self.samples if self.samples else 0.0
+
+    @property
+    def warning(self) -> bool:
+        """True when more than TRUNCATED_WARNING_SHARE of the samples are cut."""
+        return self.truncated_share > TRUNCATED_WARNING_SHARE
+
+    def lengths_text(self) -> str:
+        ordered = sorted(self.lengths)
+        return (
+            f"lengths p50 {percentile(ordered, 0.5)}, p95 {percentile(ordered, 0.95)}, "
+            f"max {ordered[-1] if ordered else 0} tokens"
+        )
+
+    def summary(self) -> str:
+        """One line for logs, the status message and the Event."""
+        text = f"dataset {self.source}: {self.lengths_text()}"
+        limit = self.max_seq_length
+        if limit is None:
+            return text
+        if not self.truncated:
+            return f"{text}; none of {self.samples} samples longer than maxSeqLength {limit}"
+        text += (
+            f"; {self.truncated} of {self.samples} samples longer than maxSeqLength {limit} "
+            f"({self.tokens_cut} tokens cut)"
+        )
+        if self.answer_cut:
+            lines = ", ".join(str(n) for n in self.answer_cut_lines)
+            more = ", ..." if self.answer_cut > len(self.answer_cut_lines) else ""
+            text += f": dropped {self.answer_cut} whose answer was cut away (lines {lines}{more})"
+        if self.answer_partly_cut:
+            text += f"{',' if self.answer_cut else ':'} {self.answer_partly_cut} with the answer partly cut"
+        share = round(100 * KEEP_WHOLE_SHARE)
+        return text + f"; maxSeqLength {self.suggested_max_seq_length} keeps {share}% of them whole"
+
+    def metrics(self, prefix: str) -> dict[str, int]:
+        """Numbers for the run summary (status.metrics), keys prefixed with `prefix` (train, eval)."""
+        ordered = sorted(self.lengths)
+        return {
+            f"{prefix}Samples": self.kept,
+            f"{prefix}SamplesTruncated": self.truncated,
+            f"{prefix}TokensCut": self.tokens_cut,
+            f"{prefix}SamplesAnswerCut": self.answer_cut,
+            f"{prefix}SamplesAnswerPartlyCut": self.answer_partly_cut,
+            f"{prefix}LengthP50": percentile(ordered, 0.5),
+            f"{prefix}LengthP95": percentile(ordered, 0.95),
+            f"{prefix}LengthMax": ordered[-1] if ordered else 0,
+        }
 
 
 # --- reading -----------------------------------------------------------------
@@ -274,7 +379,9 @@ def convert_rows(
                 raise row
             if not isinstance(row, dict):
                 raise MalformedRow("not a JSON object")
-            samples.append(convert(row))
+            sample = convert(row)
+            sample.line = line
+            samples.append(sample)
         except MalformedRow as exc:
             report.malformed += 1
             report.reasons[str(exc)] += 1
@@ -411,22 +518,55 @@ def _tokenize_by_segments(
     return ids, offsets
 
 
+def _trainable(labels: Sequence[int], end: int) -> bool:
+    """Whether labels[1:end] has a set label (the first token is never a target)."""
+    return any(label != IGNORE_INDEX for label in labels[1:end])
+
+
 def tokenize_samples(
-    tokenizer: Any, template: str, samples: Iterable[Sample], train_on: str
-) -> dict[str, list[list[int]]]:
-    """Columns input_ids and labels for a datasets.Dataset; rows without any trained token are dropped."""
+    tokenizer: Any,
+    template: str,
+    samples: Iterable[Sample],
+    train_on: str,
+    max_seq_length: int | None = None,
+    source: str = "dataset",
+) -> tuple[dict[str, list[list[int]]], LengthReport]:
+    """Columns input_ids and labels for a datasets.Dataset, cut to `max_seq_length`, and their report.
+
+    Rows without any trainable token are dropped: after templating (a warning), or after the
+    cut (counted in the report, with line numbers).
+    """
+    report = LengthReport(source=source, max_seq_length=max_seq_length)
     cols: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
-    dropped = 0
+    untrainable = 0
     for sample in samples:
         row = tokenize_sample(tokenizer, template, sample, train_on)
-        if not row["input_ids"] or all(label == IGNORE_INDEX for label in row["labels"]):
-            dropped += 1
+        ids, labels = row["input_ids"], row["labels"]
+        n = len(ids)
+        if not _trainable(labels, n):
+            untrainable += 1
             continue
-        cols["input_ids"].append(row["input_ids"])
-        cols["labels"].append(row["labels"])
-    if dropped:
-        log.warning("%d samples have no trained tokens after templating and were dropped", dropped)
-    return cols
+        report.lengths.append(n)
+        if max_seq_length is not None and n > max_seq_length:
+            report.truncated += 1
+            report.tokens_cut += n - max_seq_length
+            if not _trainable(labels, max_seq_length):
+                report.answer_cut += 1
+                if len(report.answer_cut_lines) < MALFORMED_LINES_SHOWN:
+                    report.answer_cut_lines.append(sample.line)
+                continue
+            if any(label != IGNORE_INDEX for label in labels[max_seq_length:]):
+                report.answer_partly_cut += 1
+            ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+        cols["input_ids"].append(ids)
+        cols["labels"].append(labels)
+    if untrainable:
+        log.warning("%d samples have no trained tokens after templating and were dropped", untrainable)
+    if report.truncated:
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    return cols, report
 
 
 @dataclass
@@ -437,6 +577,8 @@ class Datasets:
     eval: Any | None
     report: DataReport
     eval_report: DataReport | None = None
+    lengths: LengthReport | None = None
+    eval_lengths: LengthReport | None = None
 
 
 def split_eval(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -464,25 +606,35 @@ def build_datasets(
     eval_split: float | None = None,
     eval_path: Path | None = None,
     eval_source: str | None = None,
+    max_seq_length: int | None = None,
 ) -> Datasets:
-    """Reads, converts, splits and tokenizes; returns datasets.Dataset objects ready for SFTTrainer."""
+    """Reads, converts, splits, tokenizes, cuts to `max_seq_length`: datasets.Dataset objects for SFTTrainer.
+
+    InvalidInputError when no train sample keeps a trainable token.
+    """
     from datasets import Dataset
 
     samples, report = load_samples(train_path, fmt, source)
     eval_samples: list[Sample] | None = None
     eval_report = None
+    eval_source = eval_source or (str(eval_path) if eval_path is not None else f"{source} (eval split)")
     if eval_path is not None:
-        eval_samples, eval_report = load_samples(eval_path, fmt, eval_source or str(eval_path))
+        eval_samples, eval_report = load_samples(eval_path, fmt, eval_source)
     elif eval_split:
         samples, eval_samples = split_eval(samples, eval_split, seed)
-    train_cols = tokenize_samples(tokenizer, template, samples, train_on)
+    train_cols, lengths = tokenize_samples(tokenizer, template, samples, train_on, max_seq_length, source)
     if not train_cols["input_ids"]:
-        raise InvalidInputError(f"no usable rows: every sample of {source} is empty after templating")
+        raise InvalidInputError(no_trainable_sample_message(lengths))
     train = Dataset.from_dict(train_cols)
     eval_ds = None
+    eval_lengths = None
     if eval_samples:
-        eval_cols = tokenize_samples(tokenizer, template, eval_samples, train_on)
+        eval_cols, eval_lengths = tokenize_samples(
+            tokenizer, template, eval_samples, train_on, max_seq_length, eval_source
+        )
         eval_ds = Dataset.from_dict(eval_cols) if eval_cols["input_ids"] else None
+        if eval_ds is None:
+            log.warning("no eval sample keeps a trainable token: training without evaluation")
     log.info(
         "tokenized %d train and %d eval samples (%d train tokens, %d trained)",
         len(train),
@@ -490,4 +642,40 @@ def build_datasets(
         sum(len(x) for x in train_cols["input_ids"]),
         sum(sum(1 for t in x if t != IGNORE_INDEX) for x in train_cols["labels"]),
     )
-    return Datasets(train=train, eval=eval_ds, report=report, eval_report=eval_report)
+    return Datasets(
+        train=train,
+        eval=eval_ds,
+        report=report,
+        eval_report=eval_report,
+        lengths=lengths,
+        eval_lengths=eval_lengths,
+    )
+
+
+def no_trainable_sample_message(lengths: LengthReport) -> str:
+    """Why a dataset has nothing to train on, and, when maxSeqLength is the cause, which length would do."""
+    if not lengths.answer_cut:
+        return f"no usable rows: every sample of {lengths.source} is empty after templating"
+    lines = ", ".join(str(n) for n in lengths.answer_cut_lines)
+    more = ", ..." if lengths.answer_cut > len(lengths.answer_cut_lines) else ""
+    return (
+        f"no usable rows: maxSeqLength {lengths.max_seq_length} cuts away the answer of every sample of "
+        f"{lengths.source} ({lengths.answer_cut} samples, lines {lines}{more}; {lengths.lengths_text()}); "
+        f"maxSeqLength {lengths.suggested_max_seq_length} would keep "
+        f"{round(100 * KEEP_WHOLE_SHARE)}% of the samples whole"
+    )
+
+
+def measure_lengths(
+    path: Path,
+    fmt: str,
+    source: str,
+    tokenizer: Any,
+    template: str,
+    train_on: str,
+    max_seq_length: int | None,
+) -> tuple[DataReport, LengthReport]:
+    """The reports the trainer would give for a dataset, without building it (`kubeft estimate --dataset`)."""
+    samples, report = load_samples(path, fmt, source)
+    _, lengths = tokenize_samples(tokenizer, template, samples, train_on, max_seq_length, source)
+    return report, lengths

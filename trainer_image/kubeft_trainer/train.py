@@ -34,6 +34,7 @@ from kubeft_trainer.callbacks import (
     EvalScheduleCallback,
     ProgressCallback,
     StopFlag,
+    UntrainedStepGuard,
     perplexity,
 )
 from kubeft_trainer.checkpoint import Uploader, UploadResult, download_latest
@@ -84,7 +85,11 @@ class Recipe:
         self.stop = StopFlag()
         self.metrics = TrainerMetrics.create(cfg.job.namespace, cfg.job.name)
         self.status = status or make_reporter(
-            cfg.runtime.report_status, cfg.job.namespace, cfg.job.name, cfg.runtime.status_interval_seconds
+            cfg.runtime.report_status,
+            cfg.job.namespace,
+            cfg.job.name,
+            cfg.runtime.status_interval_seconds,
+            uid=cfg.job.uid,
         )
         self.retry_policy = retry_policy or RetryPolicy()
         self.storage = Storage(
@@ -129,6 +134,7 @@ class Recipe:
         self.datasets = self._load_datasets()
         self.metrics.inc("dataset_rows_usable", self.datasets.report.usable)
         self.metrics.inc("dataset_rows_malformed", self.datasets.report.malformed)
+        self._report_lengths()
         self._check_stop()
         self._stage("looking for a checkpoint to resume from")
         resumed = download_latest(store, job.namespace, job.name, self.output_dir, self.storage._bounded())
@@ -167,15 +173,43 @@ class Recipe:
         model = load_model(self.model_dir, self.method, self.hw, attn)
         self._stage("building the trainer (LoRA adapters, packing, optimizer)")
         self.trainer = self._build_trainer(model)
-        # malformed rows stay visible in the status for the whole run; a clean dataset clears old messages
-        report = self.datasets.report
-        self.status.update(progress={"message": report.summary() if report.malformed else ""})
+        # malformed rows and cut samples stay visible in the status for the whole run; a clean
+        # dataset clears old messages
+        self.status.update(progress={"message": "; ".join(self._dataset_warnings())})
         self._banner()
 
     def _stage(self, message: str) -> None:
         """What initialisation is doing now: the log and status.progress.message (rate-limited)."""
         log.info("%s", message)
         self.status.update(progress={"message": message})
+
+    def _report_lengths(self) -> None:
+        """What maxSeqLength cuts, per dataset: an Event (Warning past the stated share), summary, status."""
+        assert self.datasets is not None
+        for prefix, lengths in (("train", self.datasets.lengths), ("eval", self.datasets.eval_lengths)):
+            if lengths is None:
+                continue
+            self.summary.update(lengths.metrics(prefix))
+            if lengths.warning:
+                self.status.event("Warning", "DatasetTruncated", lengths.summary())
+            else:
+                self.status.event("Normal", "DatasetLengths", lengths.summary())
+        if self.datasets.lengths is not None:
+            self.summary["suggestedMaxSeqLength"] = self.datasets.lengths.suggested_max_seq_length
+        warnings = self._dataset_warnings()
+        if warnings:  # while preparing; the end of setup sets it again
+            self.status.update(progress={"message": "; ".join(warnings)})
+
+    def _dataset_warnings(self) -> list[str]:
+        """The dataset's warnings for status.progress.message: malformed rows, samples cut by maxSeqLength."""
+        assert self.datasets is not None
+        said = []
+        if self.datasets.report.malformed:
+            said.append(self.datasets.report.summary())
+        for lengths in (self.datasets.lengths, self.datasets.eval_lengths):
+            if lengths is not None and lengths.truncated:
+                said.append(lengths.summary())
+        return said
 
     def _download_progress(self, what: str) -> Any:
         def report(done: int, total: int, files_done: int, files: int) -> None:
@@ -211,6 +245,7 @@ class Recipe:
             eval_split=ds.eval.split if ds.eval is not None else None,
             eval_path=eval_path,
             eval_source=ds.eval.source if ds.eval is not None else None,
+            max_seq_length=self.spec.hyperparameters.max_seq_length,
         )
 
     def training_args(self) -> Any:
@@ -279,8 +314,12 @@ class Recipe:
             CheckpointCallback(self.uploader, self.stop),
         ]
         peft_config = None if self.method == "full" else lora_config(self.spec.hyperparameters.lora)
+
+        class Trainer(UntrainedStepGuard, SFTTrainer):  # type: ignore[misc]
+            """SFTTrainer that never reports a loss of 0 for a step without trainable tokens."""
+
         try:
-            trainer = SFTTrainer(
+            trainer = Trainer(
                 model=model,
                 args=args,
                 train_dataset=self.datasets.train,
@@ -351,7 +390,14 @@ class Recipe:
         self.status.update(phase=PHASE_TRAINING)
         resume = str(self.resume_dir) if self.resume_dir is not None else None
         result = self.trainer.train(resume_from_checkpoint=resume)
-        self.summary["trainLoss"] = round(float(result.training_loss), 6)
+        # the Trainer's mean counts a step without trainable tokens as a loss of 0; leave it out
+        loss, steps = float(result.training_loss), int(self.trainer.state.global_step)
+        untrained = len(getattr(self.trainer, "untrained_steps", []))
+        if untrained:
+            self.summary["untrainedSteps"] = untrained
+            loss = loss * steps / (steps - untrained) if steps > untrained else math.nan
+        if math.isfinite(loss):
+            self.summary["trainLoss"] = round(loss, 6)
         self.summary["trainRuntimeSeconds"] = round(float(result.metrics.get("train_runtime", 0.0)), 2)
         self.summary["steps"] = int(self.trainer.state.global_step)
         if self.stop.requested:
