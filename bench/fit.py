@@ -39,6 +39,7 @@ for _p in (str(HERE), str(HERE.parent)):
 import workload  # noqa: E402
 
 from kubeft import estimate as est  # noqa: E402
+from kubeft import spec as spec_model  # noqa: E402
 
 Point = Mapping[str, Any]
 
@@ -92,16 +93,24 @@ def point_setup(point: Point) -> est.Setup:
     method = point.get("method")
     if method not in est.METHODS:
         raise est.EstimateError(f"unknown method {method!r}; known: {', '.join(est.METHODS)}")
-    return est.Setup(
-        method=cast(est.Method, method),
-        micro_batch=int(point["micro_batch"]),
-        seq_len=int(point["seq_len"]),
-        gradient_checkpointing=bool(point["gradient_checkpointing"]),
+    # the spec the grid's trainer ran (bench/trainers.kubeft_spec), through the one spec model
+    hyperparameters: dict[str, Any] = {
+        "batchSize": int(point["micro_batch"]),
+        "maxSeqLength": int(point["seq_len"]),
+        "gradientCheckpointing": bool(point["gradient_checkpointing"]),
+        "packing": True,
+        "optimizer": str(_get(point, "optimizer", "adamw_8bit")),
+    }
+    if method != "full":
+        hyperparameters["lora"] = {"r": int(_get(point, "lora_r", 16))}
+    spec = spec_model.parse_spec(
+        {"model": {"source": "bench"}, "dataset": {"source": "bench"}, "hyperparameters": hyperparameters}
+    )
+    setup = est.Setup.from_spec(spec, cast(est.Method, method))
+    return replace(
+        setup,
         offload_activations=bool(_get(point, "offload_activations", False)),
-        padding_free=True,
         fused_cross_entropy=bool(_get(point, "fused_cross_entropy", True)),
-        optimizer=str(_get(point, "optimizer", "adamw_8bit")),
-        lora_r=int(_get(point, "lora_r", 16)),
     )
 
 

@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--worker-timeout", type=int, default=1200)
     a = p.parse_args(argv)
     a.command_line = "python bench/run.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    import measure
+
+    measure.pin_one_gpu()  # every trainer on the same single GPU; its workers inherit it
     if a.cmd == "make-models":
         make_models([s for s in a.shapes.split(",") if s], Path(a.models_root))
         return 0

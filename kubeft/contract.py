@@ -18,6 +18,32 @@ PLURAL: Final = "finetunejobs"
 SINGULAR: Final = "finetunejob"
 SHORT_NAME: Final = "ftj"
 
+# --- status: phases, and the one writer of each field ---------------------------------
+PHASE_PENDING: Final = "Pending"
+PHASE_SCHEDULING: Final = "Scheduling"
+PHASE_INITIALIZING: Final = "Initializing"
+PHASE_TRAINING: Final = "Training"
+PHASE_EVALUATING: Final = "Evaluating"
+PHASE_EXPORTING: Final = "Exporting"
+PHASE_SUCCEEDED: Final = "Succeeded"
+PHASE_FAILED: Final = "Failed"
+PHASE_SUSPENDED: Final = "Suspended"
+PHASES: Final = (
+    PHASE_PENDING, PHASE_SCHEDULING, PHASE_INITIALIZING, PHASE_TRAINING, PHASE_EVALUATING,
+    PHASE_EXPORTING, PHASE_SUCCEEDED, PHASE_FAILED, PHASE_SUSPENDED,
+)  # fmt: skip
+# status.phase is written by value: the trainer sets these while its pod runs, the operator every other
+TRAINER_PHASES: Final = (PHASE_TRAINING, PHASE_EVALUATING, PHASE_EXPORTING)
+OPERATOR_PHASES: Final = tuple(p for p in PHASES if p not in TRAINER_PHASES)
+RUNNING_PHASES: Final = (PHASE_SCHEDULING, PHASE_INITIALIZING, *TRAINER_PHASES)
+TERMINAL_PHASES: Final = (PHASE_SUCCEEDED, PHASE_FAILED)
+# Every other status field has one writer (docs/design.md, "Status ownership").
+TRAINER_STATUS_FIELDS: Final = ("progress", "checkpoints", "artifacts", "metrics")
+OPERATOR_STATUS_FIELDS: Final = (
+    "message", "observedGeneration", "conditions", "vram", "gpu", "node", "pod", "podsCreated", "restarts",
+    "lastFailure", "nextRetryTime", "startTime", "activeSince", "completionTime",
+)  # fmt: skip
+
 # --- GPU node facts (NVIDIA GPU Feature Discovery labels, device plugin resource)
 LABEL_GPU_PRODUCT: Final = "nvidia.com/gpu.product"
 LABEL_GPU_MEMORY: Final = "nvidia.com/gpu.memory"  # MiB per GPU

@@ -34,6 +34,8 @@ Method = Literal["qlora", "lora", "full"]
 METHODS: Final[tuple[Method, ...]] = ("full", "lora", "qlora")  # most accurate first
 
 GIB: Final = 1024**3
+# The operator places a job on a GPU whose memory holds estimate × (1 + margin) (KUBEFT_MEMORY_MARGIN)
+PLACEMENT_MARGIN: Final = 0.10
 
 # Linear modules of a Llama-style decoder block, as peft names them.
 ATTENTION_MODULES: Final = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -85,6 +85,11 @@ class Kube:
     def inputs(self, job: FineTuneJob, settings: Settings) -> Inputs:
         """Credentials check, model shape and GPU classes, for placing a pod."""
         secret_name = job.spec.storage.credentials_secret
+        if not secret_name:  # the CRD requires it; an object from before that rule may lack it
+            return Inputs(
+                invalid_reason=cond.INVALID_SPEC,
+                invalid_message="spec.storage.credentialsSecret is required (the Secret with the keys)",
+            )
         secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
         if secret is None:
             return Inputs(

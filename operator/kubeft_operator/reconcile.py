@@ -27,9 +27,9 @@ from .api import FineTuneJob
 from .plan import Plan
 from .settings import Settings
 
-RUNNING_PHASES = ("Scheduling", "Initializing", "Training", "Evaluating", "Exporting")
-TRAINER_PHASES = ("Training", "Evaluating", "Exporting")
-TERMINAL_PHASES = ("Succeeded", "Failed")
+RUNNING_PHASES = contract.RUNNING_PHASES
+TRAINER_PHASES = contract.TRAINER_PHASES
+TERMINAL_PHASES = contract.TERMINAL_PHASES
 OOM_HINT = "the trainer ran out of memory: try a smaller batchSize or maxSeqLength, or method qlora"
 
 
@@ -256,12 +256,9 @@ def decide(
         return b.result()
     b.condition(cond.VALIDATED, True, cond.SPEC_VALID, "spec, model config and credentials are usable")
 
-    methods: tuple[est.Method, ...] = est.METHODS if spec.method == "auto" else (spec.method,)
+    methods = spec.candidate_methods()
     try:
-        estimates = {
-            m: est.estimate(inputs.shape, spec.setup(m, settings.trainer_fused_cross_entropy))
-            for m in methods
-        }
+        estimates = {m: est.estimate(inputs.shape, est.Setup.from_spec(spec, m)) for m in methods}
     except est.EstimateError as exc:
         b.condition(cond.VALIDATED, False, cond.INVALID_SPEC, str(exc))
         b.phase("Pending", str(exc), cond.INVALID_SPEC, warning=True)
@@ -300,7 +297,7 @@ def decide(
         gpu_memory_bytes=gpu.memory_bytes,
         gpu_count=res.gpus,
         estimate=estimates[choice.method],
-        profiles=est.estimate_profiles(inputs.shape, spec.setup(choice.method)),
+        profiles=est.estimate_profiles(inputs.shape, est.Setup.from_spec(spec, choice.method)),
         shape=inputs.shape,
         endpoint=spec.storage.endpoint or settings.default_storage_endpoint,
         bucket=spec.storage.bucket or settings.default_bucket,

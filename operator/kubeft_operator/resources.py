@@ -76,7 +76,8 @@ def get_service_account(job: FineTuneJob, plan: Plan) -> client.V1ServiceAccount
 
 
 def get_role(job: FineTuneJob, plan: Plan) -> client.V1Role:
-    """get/patch on this one FineTuneJob and its status, nothing else."""
+    """get/patch on this one FineTuneJob and its status, and creating Events (what the dataset's
+    lengths cut: kubernetes cannot narrow ``create`` by name), nothing else."""
     return client.V1Role(
         metadata=_meta(job, trainer_name(job)),
         rules=[
@@ -85,7 +86,8 @@ def get_role(job: FineTuneJob, plan: Plan) -> client.V1Role:
                 resources=[contract.PLURAL, f"{contract.PLURAL}/status"],
                 resource_names=[job.name],
                 verbs=["get", "patch"],
-            )
+            ),
+            client.V1PolicyRule(api_groups=[""], resources=["events"], verbs=["create"]),
         ],
     )
 

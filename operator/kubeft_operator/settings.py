@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kubeft import estimate as est
+
 PREFIX = "KUBEFT_"
 
 
@@ -26,13 +28,10 @@ class Settings(BaseModel):
     namespaces: tuple[str, ...] = ()
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     # required GPU memory = estimate × (1 + margin)
-    memory_margin: float = Field(default=0.10, ge=0)
+    memory_margin: float = Field(default=est.PLACEMENT_MARGIN, ge=0)
     # exponential backoff between attempts: base × 2^(restarts-1), capped
     backoff_base_seconds: float = Field(default=10.0, ge=0)
     backoff_max_seconds: float = Field(default=300.0, ge=0)
-    # whether the trainer image computes the loss with a fused linear cross-entropy
-    # (no logits buffer); the placement estimate must match what the trainer does
-    trainer_fused_cross_entropy: bool = False
     metrics_port: int = Field(default=8080, ge=0, le=65535)  # 0: no /metrics server
     liveness_port: int = Field(default=8081, ge=0, le=65535)  # 0: no /healthz endpoint
     model_config_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -40,7 +40,7 @@ def events(core_v1: Any, namespace: str, name: str) -> list[Any]:
     ("shape", "method", "products"),
     [
         ("llama-3.2-1b", "qlora", {"NVIDIA-L4"}),
-        ("llama-3.1-8b", "lora", {"NVIDIA-A100-SXM4-40GB", "NVIDIA-H100-80GB-HBM3"}),
+        ("llama-3.1-8b", "lora", {"NVIDIA-L4", "NVIDIA-A100-SXM4-40GB"}),
     ],
 )
 def test_job_is_placed_on_the_smallest_fitting_gpu_class(

@@ -140,7 +140,10 @@ def test_not_ready_nodes_and_used_gpus_are_not_free() -> None:
     [
         ("llama-3.2-1b", "qlora", "NVIDIA-L4"),
         ("llama-3.1-8b", "qlora", "NVIDIA-L4"),
-        ("llama-3.1-8b", "lora", "NVIDIA-A100-SXM4-40GB"),
+        # 2 × 2,048 tokens with the trainer's chunked LM head: 20.0 GiB, 22.0 with the 10 % margin
+        ("llama-3.1-8b", "lora", "NVIDIA-L4"),
+        ("llama-3.2-1b", "full", "NVIDIA-L4"),
+        ("qwen2.5-7b", "full", "NVIDIA-H100-80GB-HBM3"),
         ("llama-3.1-70b", "qlora", "NVIDIA-H100-80GB-HBM3"),
     ],
 )
@@ -266,12 +269,13 @@ def test_trainer_pod_follows_the_contract() -> None:
     assert pod.spec.service_account_name == "j-trainer" and pod.spec.restart_policy == "Never"
 
 
-def test_role_allows_only_get_and_patch_on_this_job() -> None:
+def test_role_allows_only_get_and_patch_on_this_job_and_creating_events() -> None:
     j, plan = _plan_and_job()
-    rule = resources.get_role(j, plan).rules[0]
+    rule, events = resources.get_role(j, plan).rules
     assert rule.resource_names == ["j"]
     assert sorted(rule.verbs) == ["get", "patch"]
     assert rule.resources == ["finetunejobs", "finetunejobs/status"]
+    assert (events.api_groups, events.resources, events.verbs) == ([""], ["events"], ["create"])
     rb = resources.get_role_binding(j, plan)
     assert rb.subjects[0].name == resources.get_service_account(j, plan).metadata.name
 

@@ -66,6 +66,11 @@ def test_packed_loss_is_the_sum_of_the_samples_losses(
         run.cleanup(False)
 
 
+def default_spec() -> JobSpec:
+    """The spec model's defaults: batch 2 × accumulation 4, 2,048 tokens, QLoRA r=16."""
+    return parse_spec({"model": {"source": "models/m"}, "dataset": {"source": "data.jsonl"}})
+
+
 @pytest.mark.parametrize(
     ("shape", "memory_gib", "requested", "expected"),
     [
@@ -79,7 +84,7 @@ def test_packed_loss_is_the_sum_of_the_samples_losses(
 def test_profile_choice_keeps_the_rows_per_step(
     shape: str, memory_gib: int, requested: str, expected: tuple[str, int, int, bool, bool]
 ) -> None:
-    spec = JobSpec()  # batch 2 × accumulation 4, 2,048 tokens, QLoRA r=16
+    spec = default_spec()  # batch 2 × accumulation 4, 2,048 tokens, QLoRA r=16
     p = profile.choose(spec, "qlora", est.known_shape(shape), True, memory_gib * 2**30, {}, requested)
     assert (p.name, p.micro_batch, p.grad_accum, p.gradient_checkpointing, p.offload_activations) == expected
     assert p.micro_batch * p.grad_accum == 8  # the optimizer step is unchanged
@@ -89,13 +94,17 @@ def test_profile_choice_keeps_the_rows_per_step(
 
 
 def test_cpu_runs_keep_the_configured_settings() -> None:
-    p = profile.choose(JobSpec(), "qlora", est.known_shape("llama-3.1-8b"), False, 64 * 2**30, {}, "fast")
+    p = profile.choose(
+        default_spec(), "qlora", est.known_shape("llama-3.1-8b"), False, 64 * 2**30, {}, "fast"
+    )
     assert (p.name, p.micro_batch, p.grad_accum, p.gradient_checkpointing) == ("configured", 2, 4, True)
 
 
 def test_placement_memory_takes_precedence_over_the_device() -> None:
     placed = {"gpuMemoryBytes": 24 * 2**30}
-    p = profile.choose(JobSpec(), "qlora", est.known_shape("llama-3.1-8b"), True, 80 * 2**30, placed, "auto")
+    p = profile.choose(
+        default_spec(), "qlora", est.known_shape("llama-3.1-8b"), True, 80 * 2**30, placed, "auto"
+    )
     assert p.name == "lean" and "24 GiB GPU (placement)" in p.reason
 
 
@@ -103,7 +112,7 @@ def test_placement_memory_takes_precedence_over_the_device() -> None:
 def test_lean_offloads_only_when_the_host_has_room(host_gib: int | None, offloads: bool) -> None:
     # 8B on a 24 GiB GPU: lean, and offloading micro-batch 4's layer inputs pins 2.0 GiB of host memory
     host = None if host_gib is None else host_gib * 2**30
-    spec = JobSpec()
+    spec = default_spec()
     p = profile.choose(spec, "qlora", est.known_shape("llama-3.1-8b"), True, 24 * 2**30, {}, "auto", host)
     assert p.name == "lean" and p.gradient_checkpointing
     assert p.offload_activations is offloads

@@ -64,9 +64,9 @@ def test_operator_job_json_is_read_from_the_env_path(tmp_path: Path) -> None:
     cfg = load_config(env={contract.ENV_JOB_CONFIG: str(path), contract.ENV_METRICS_PORT: "9555"})
     assert (cfg.job.name, cfg.job.namespace, cfg.job.uid) == ("medqa", "team-a", "u-1")
     assert cfg.spec.hyperparameters.learning_rate == pytest.approx(2e-4)
-    assert cfg.spec.hyperparameters.lora.target_modules == ["all-linear"]
+    assert cfg.spec.hyperparameters.lora.target_modules == ("all-linear",)
     assert cfg.spec.dataset.eval is not None and cfg.spec.dataset.eval.split == pytest.approx(0.1)
-    assert cfg.spec.export_formats == ["adapter", "merged-16bit"]
+    assert cfg.spec.export_formats("qlora") == ("adapter", "merged-16bit")
     assert cfg.placement["gpuProduct"] == "NVIDIA-H100-80GB-HBM3"
     assert cfg.runtime.metrics_port == 9555
 
@@ -132,10 +132,19 @@ def test_env_sets_the_job_identity(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"method": "full"}, "'adapter' needs method qlora or lora"),
+        ({"method": "full"}, r"spec\.export\.formats: 'adapter' needs method qlora, lora or auto"),
         ({"method": "sgd"}, r"spec\.method: 'sgd' is not one of"),
-        ({"dataset": {"source": "x.jsonl", "eval": {"split": 1.5}}}, "must be between 0 and 1"),
-        ({"dataset": {"source": "x.jsonl", "eval": {"split": 0.1, "source": "y"}}}, "either split or source"),
+        (
+            {"dataset": {"source": "x.jsonl", "eval": {"split": 1.5}}},
+            r"eval\.split: must be at most 0\.5, got 1\.5",
+        ),
+        (
+            {"dataset": {"source": "x.jsonl", "eval": {"split": 0.1, "source": "y"}}},
+            r"spec\.dataset\.eval: takes either split or source",
+        ),
+        ({"hyperparameters": {"optimizer": "adamw_bnb_8bit"}}, r"optimizer: 'adamw_bnb_8bit' is not one of"),
+        ({"hyperparameters": {"lora": {"targetModules": ["all-linear", "q_proj"]}}}, "list it alone"),
+        ({"storage": {"bucket": "Bad_Bucket"}}, r"spec\.storage\.bucket: String should match pattern"),
         ({"hyperparameters": {"batchSize": "two"}}, r"batchSize: expected an integer, got 'two'"),
         ({"hyperparameters": {"learningRate": 0}}, "learningRate: must be greater than 0"),
         ({"model": {}}, "spec.model.source is required"),
@@ -152,8 +161,13 @@ def test_missing_config_is_an_invalid_input_error() -> None:
 
 
 def test_full_method_defaults_to_the_merged_export() -> None:
-    spec = parse_spec({**SPEC, "method": "full", "export": {}})
-    assert spec.export_formats == ["merged-16bit"]
+    hp = {k: v for k, v in SPEC["hyperparameters"].items() if k != "lora"}
+    spec = parse_spec({**SPEC, "method": "full", "hyperparameters": hp, "export": {}})
+    assert spec.export_formats("full") == ("merged-16bit",)
+    with pytest.raises(
+        InvalidInputError, match=r"spec\.hyperparameters\.lora: only the qlora and lora methods use it"
+    ):
+        parse_spec({**SPEC, "method": "full", "export": {}})
 
 
 def test_kubeft_train_subcommand_takes_the_trainer_flags() -> None:

@@ -81,6 +81,8 @@ def test_loss_goes_down_on_a_memorisable_dataset(
         tiny_model_dir, dataset_file("messages", repeat=4), maxSteps=30, learningRate=lr, batchSize=8
     )
     spec["method"] = method
+    if method == "full":  # LoRA settings with method full are refused, as the CRD does
+        del spec["hyperparameters"]["lora"]
     spec["export"] = {"formats": ["merged-16bit" if method == "full" else "adapter"]}
     spec["checkpoints"] = {"everySteps": 30, "keep": 1}
     recipe(spec, tmp_path / "work").run()
@@ -140,7 +142,7 @@ def test_checkpoints_are_complete_and_pruned_to_keep(
     stored = {k.rsplit("/", 1)[1] for k in backend.keys(ckpt_prefix(7) + "/")}
     assert stored == listed | {"manifest.json"}
     phases = [u["phase"] for u in reporter.updates if "phase" in u]
-    assert phases == ["Initializing", "Training", "Exporting"]
+    assert phases == ["Training", "Exporting"]  # the operator sets every other phase
     assert reporter.state["checkpoints"]["step"] == 7
     assert reporter.state["checkpoints"]["latest"].endswith(f"{ckpt_prefix(7)}/")
     assert reporter.state["progress"]["step"] == reporter.state["progress"]["totalSteps"] == 7

@@ -11,177 +11,38 @@ Three document shapes are accepted, JSON or YAML:
 * a whole ``FineTuneJob`` manifest (``kind: FineTuneJob``; name and namespace from metadata);
 * a bare FineTuneJob ``spec`` (a mapping with ``model``).
 
-Spec keys use the CRD's camelCase names; each dataclass field below maps to one of them.
-Overrides (``--set hyperparameters.maxSteps=20``) are dotted spec paths with YAML values.
-Unknown keys: an error for local files and overrides (a typo should not be silently ignored),
-a warning for the operator's job.json (the CRD validated the spec, and a newer operator may
-add fields this trainer does not know yet).
+The spec is kubeft's one spec model (:mod:`kubeft.spec`, the operator's too), with the CRD's
+camelCase keys, enums, defaults and bounds. Overrides (``--set hyperparameters.maxSteps=20``) are
+dotted spec paths with YAML values. Unknown keys: an error for local files and overrides (a typo
+should not be silently ignored), a warning for the operator's job.json (the CRD validated the
+spec, and a newer operator may add fields this trainer does not know yet).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any
 
 import yaml
 
 from kubeft import contract
+from kubeft import spec as spec_model
+from kubeft.spec import FineTuneJobSpec as JobSpec
+from kubeft.spec import LoraSpec
 from kubeft_trainer.errors import InvalidInputError
+
+__all__ = ["JobRef", "JobSpec", "LoraSpec", "RuntimeOptions", "TrainerConfig", "load_config", "parse_spec"]
 
 log = logging.getLogger(__name__)
 
-METHODS = ("qlora", "lora", "full", "auto")
-FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text")
-TRAIN_ON = ("responses", "all")
-CHAT_TEMPLATES = ("auto", "chatml", "llama3")
-EXPORT_FORMATS = ("adapter", "merged-16bit")
-SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-OPTIMIZERS = (
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_8bit",
-    "adamw_bnb_8bit",
-    "paged_adamw_8bit",
-    "paged_adamw_32bit",
-    "adafactor",
-    "sgd",
-)
-
-# Spec keys that belong to the operator (scheduling, lifecycle); the trainer accepts and ignores them.
-OPERATOR_SPEC_KEYS = frozenset(
-    {"resources", "suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"}
-)
 # Top-level keys of the TrainerConfig document.
 TRAINER_CONFIG_KEYS = frozenset({"apiVersion", "kind", "job", "attempt", "spec", "placement", "estimate"})
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
-
-
-@dataclass
-class ModelSpec:
-    """spec.model: where the base model (weights + tokenizer) comes from."""
-
-    source: str = ""
-    # Architecture override for the operator's VRAM estimate; the trainer reads config.json.
-    architecture: dict[str, Any] | None = None
-
-
-@dataclass
-class EvalDataSpec:
-    """spec.dataset.eval: held-out fraction or separate dataset, schedule, and prompts to sample."""
-
-    split: float | None = None
-    source: str | None = None
-    every_steps: int | None = None
-    prompts: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DatasetSpec:
-    """spec.dataset."""
-
-    source: str = ""
-    format: str = "auto"
-    eval: EvalDataSpec | None = None
-    train_on: str = "responses"
-    # auto: the tokenizer's template, else chatml; chatml | llama3: that template.
-    chat_template: str = "auto"
-
-
-@dataclass
-class LoraSpec:
-    """spec.hyperparameters.lora."""
-
-    r: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-    rslora: bool = False
-    dora: bool = False
-
-
-@dataclass
-class Hyperparameters:
-    """spec.hyperparameters."""
-
-    epochs: float = 1.0
-    learning_rate: float = 2e-4
-    batch_size: int = 2
-    gradient_accumulation: int = 4
-    max_seq_length: int = 2048
-    packing: bool = True
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    optimizer: str = "adamw_8bit"
-    seed: int = 0
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    max_steps: int | None = None
-    gradient_checkpointing: bool = True
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-
-
-@dataclass
-class StorageSpec:
-    """spec.storage: the job's bucket. No endpoint (or file://DIR) means a local directory."""
-
-    endpoint: str | None = None
-    bucket: str = "kubeft"
-    credentials_secret: str | None = None
-
-
-@dataclass
-class CheckpointSpec:
-    """spec.checkpoints."""
-
-    every_steps: int = 100
-    keep: int = 3
-
-
-@dataclass
-class ExportSpec:
-    """spec.export."""
-
-    # empty: [adapter] for qlora/lora, [merged-16bit] for full (the CRD's default)
-    formats: list[str] = field(default_factory=list)
-
-
-@dataclass
-class JobSpec:
-    """The parts of a FineTuneJob spec that the trainer reads."""
-
-    model: ModelSpec = field(default_factory=ModelSpec)
-    method: str = "qlora"
-    dataset: DatasetSpec = field(default_factory=DatasetSpec)
-    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
-    storage: StorageSpec = field(default_factory=StorageSpec)
-    checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
-    export: ExportSpec = field(default_factory=ExportSpec)
-
-    @property
-    def export_formats(self) -> list[str]:
-        if self.export.formats:
-            return list(self.export.formats)
-        return ["merged-16bit"] if self.method == "full" else ["adapter"]
-
-    @property
-    def eval_every_steps(self) -> int | None:
-        return self.dataset.eval.every_steps if self.dataset.eval is not None else None
-
-    @property
-    def eval_prompts(self) -> list[str]:
-        return list(self.dataset.eval.prompts) if self.dataset.eval is not None else []
+JOB_REF_KEYS = ("name", "namespace", "uid")
 
 
 @dataclass
@@ -223,166 +84,22 @@ class TrainerConfig:
         return method if method in ("qlora", "lora", "full") else "qlora"
 
 
-# --- parsing -----------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-def _type_name(tp: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-    if tp in names:
-        return names[tp]
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return "a list"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    return str(tp)
-
-
-def _coerce(value: Any, tp: Any, path: str, strict: bool) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path, strict)
-            except InvalidInputError as exc:
-                errors.append(str(exc))
-        raise InvalidInputError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            return tp()  # type: ignore[operator]
-        return _build(tp, value, path, strict)  # type: ignore[arg-type]
-    if origin is list:
-        if not isinstance(value, list):
-            raise InvalidInputError(f"{path}: expected a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{path}[{i}]", strict) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise InvalidInputError(f"{path}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise InvalidInputError(f"{path}: expected an integer, got {value!r}")
-    if tp is float:
-        # YAML 1.1 reads `2e-4` as a string; accept numeric strings for numbers.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise InvalidInputError(f"{path}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise InvalidInputError(f"{path}: expected a string, got {value!r}")
-    if tp is Path:
-        return Path(value)
-    return value
-
-
-def _build(cls: type[T], data: Any, path: str, strict: bool) -> T:
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    by_key = {_camel(f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        sub = f"{path}.{key}" if path else str(key)
-        f = by_key.get(key)
-        if f is None:
-            if cls is JobSpec and key in OPERATOR_SPEC_KEYS:
-                continue
-            known = ", ".join(sorted(by_key))
-            if strict:
-                raise InvalidInputError(f"{sub}: unknown key (known: {known})")
-            log.warning("ignoring unknown key %s (this trainer knows: %s)", sub, known)
-            continue
-        kwargs[f.name] = _coerce(value, hints[f.name], sub, strict)
-    return cls(**kwargs)
-
-
 def parse_spec(spec: Any, strict: bool = True) -> JobSpec:
-    """Turns a FineTuneJob spec mapping into a JobSpec and checks it; raises InvalidInputError."""
-    parsed = _build(JobSpec, spec, "spec", strict)
-    validate(parsed)
-    return parsed
+    """Turns a FineTuneJob spec mapping into the spec model; raises InvalidInputError naming the field."""
+    try:
+        return spec_model.parse_spec(spec, strict=strict)
+    except spec_model.SpecError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
-def validate(spec: JobSpec) -> None:
-    """Cross-field checks with plain messages (the CRD checks enums too; local files bypass it)."""
-
-    def one_of(path: str, value: str, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            raise InvalidInputError(f"{path}: {value!r} is not one of {', '.join(allowed)}")
-
-    if not spec.model.source:
-        raise InvalidInputError(
-            "spec.model.source is required (s3://bucket/prefix/, hf://org/name or a path)"
-        )
-    if not spec.dataset.source:
-        raise InvalidInputError(
-            "spec.dataset.source is required (s3://bucket/file.jsonl, hf://... or a path)"
-        )
-    one_of("spec.method", spec.method, METHODS)
-    one_of("spec.dataset.format", spec.dataset.format, FORMATS)
-    one_of("spec.dataset.trainOn", spec.dataset.train_on, TRAIN_ON)
-    one_of("spec.dataset.chatTemplate", spec.dataset.chat_template, CHAT_TEMPLATES)
-    ev = spec.dataset.eval
-    if ev is not None:
-        if ev.split is not None and ev.source:
-            raise InvalidInputError("spec.dataset.eval: set either split or source, not both")
-        if ev.split is not None and not 0.0 < ev.split < 1.0:
-            raise InvalidInputError(
-                f"spec.dataset.eval.split: {ev.split} must be between 0 and 1 (exclusive)"
-            )
-    hp = spec.hyperparameters
-    one_of("spec.hyperparameters.optimizer", hp.optimizer, OPTIMIZERS)
-    one_of("spec.hyperparameters.lrScheduler", hp.lr_scheduler, SCHEDULERS)
-    positive = {
-        "epochs": hp.epochs,
-        "learningRate": hp.learning_rate,
-        "batchSize": hp.batch_size,
-        "gradientAccumulation": hp.gradient_accumulation,
-        "maxSeqLength": hp.max_seq_length,
-        "lora.r": hp.lora.r,
-        "lora.alpha": hp.lora.alpha,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise InvalidInputError(f"spec.hyperparameters.{name}: must be greater than 0, got {value}")
-    if hp.max_steps is not None and hp.max_steps <= 0:
-        raise InvalidInputError(f"spec.hyperparameters.maxSteps: must be greater than 0, got {hp.max_steps}")
-    if not 0.0 <= hp.lora.dropout < 1.0:
-        raise InvalidInputError(f"spec.hyperparameters.lora.dropout: {hp.lora.dropout} must be in [0, 1)")
-    if not 0.0 <= hp.warmup_ratio < 1.0:
-        raise InvalidInputError(f"spec.hyperparameters.warmupRatio: {hp.warmup_ratio} must be in [0, 1)")
-    if spec.checkpoints.every_steps <= 0 or spec.checkpoints.keep <= 0:
-        raise InvalidInputError("spec.checkpoints: everySteps and keep must be greater than 0")
-    if ev is not None and ev.every_steps is not None and ev.every_steps <= 0:
-        raise InvalidInputError("spec.dataset.eval.everySteps: must be greater than 0")
-    for fmt in spec.export.formats:
-        one_of("spec.export.formats[]", fmt, EXPORT_FORMATS)
-    if spec.method == "full" and "adapter" in spec.export.formats:
-        raise InvalidInputError(
-            "spec.export.formats: 'adapter' needs method qlora or lora; method full exports 'merged-16bit'"
-        )
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", spec.storage.bucket):
-        raise InvalidInputError(f"spec.storage.bucket: {spec.storage.bucket!r} is not a valid bucket name")
+def _job_ref(doc: dict[str, Any], strict: bool) -> JobRef:
+    unknown = sorted(set(doc) - set(JOB_REF_KEYS))
+    if unknown and strict:
+        raise InvalidInputError(f"job.{unknown[0]}: unknown key (known: {', '.join(JOB_REF_KEYS)})")
+    for key in ("name", "namespace", "uid"):
+        if key in doc and not isinstance(doc[key], str):
+            raise InvalidInputError(f"job.{key}: expected a string, got {doc[key]!r}")
+    return JobRef(**{k: doc[k] for k in JOB_REF_KEYS if k in doc})
 
 
 # --- documents and overrides ---------------------------------------------------
@@ -445,21 +162,18 @@ def apply_override(spec: dict[str, Any], assignment: str) -> None:
     parts = [p for p in key.strip().split(".") if p]
     if parts and parts[0] == "spec":
         parts = parts[1:]
-    cls: Any = JobSpec
-    for i, part in enumerate(parts):
-        names = {_camel(f.name): f for f in dataclasses.fields(cls)}
-        if part not in names:
-            where = ".".join(parts[:i]) or "spec"
-            raise InvalidInputError(
-                f"override {key}: {where} has no key {part!r} (known: {', '.join(sorted(names))})"
-            )
-        tp = typing.get_type_hints(cls)[names[part].name]
-        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        cls = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
-        if cls is None and i < len(parts) - 1:
-            raise InvalidInputError(f"override {key}: {part!r} is not a mapping")
     if not parts:
         raise InvalidInputError(f"override {assignment!r}: empty key")
+    for i, part in enumerate(parts):
+        model = spec_model.model_at(parts[:i])
+        if model is None:
+            raise InvalidInputError(f"override {key}: {parts[i - 1]!r} is not a mapping")
+        known = spec_model.keys(model)
+        if part not in known:
+            where = ".".join(parts[:i]) or "spec"
+            raise InvalidInputError(
+                f"override {key}: {where} has no key {part!r} (known: {', '.join(sorted(known))})"
+            )
     value = yaml.safe_load(raw) if raw.strip() else ""
     node = spec
     for part in parts[:-1]:
@@ -509,7 +223,7 @@ def load_config(
     for assignment in overrides:
         apply_override(spec_doc, assignment)
     spec = parse_spec(spec_doc, strict)
-    job = _build(JobRef, job_doc, "job", strict)
+    job = _job_ref(job_doc, strict)
     if env.get(contract.ENV_JOB_NAME):
         job.name = env[contract.ENV_JOB_NAME]
     if env.get(contract.ENV_JOB_NAMESPACE):

@@ -117,8 +117,8 @@ def lora_config(spec: LoraSpec) -> Any:
     """peft LoraConfig from spec.hyperparameters.lora."""
     from peft import LoraConfig
 
-    targets: str | list[str] = spec.target_modules
-    if isinstance(targets, list) and targets == ["all-linear"]:
+    targets: str | list[str] = list(spec.target_modules)
+    if targets == ["all-linear"]:
         targets = "all-linear"  # peft only expands the string form
     return LoraConfig(
         r=spec.r,

@@ -60,23 +60,6 @@ class Profile:
         )
 
 
-def _setup(spec: Any, method: str) -> est.Setup:
-    hp = spec.hyperparameters
-    targets = hp.lora.target_modules
-    return est.Setup(
-        method=method,  # type: ignore[arg-type]
-        micro_batch=hp.batch_size,
-        seq_len=hp.max_seq_length,
-        gradient_checkpointing=hp.gradient_checkpointing,
-        padding_free=hp.packing,
-        fused_cross_entropy=True,  # TRL's chunked LM head loss
-        optimizer=hp.optimizer if hp.optimizer in est.OPTIMIZERS else "adamw_torch",
-        lora_r=hp.lora.r,
-        lora_targets=(targets,) if isinstance(targets, str) else tuple(targets),
-        lora_dropout=hp.lora.dropout,
-    )
-
-
 def _splits(batch: int, accum: int) -> list[tuple[int, int]]:
     """(micro-batch, accumulation) pairs with the same rows per step, largest micro-batch first."""
     return [(batch * k, accum // k) for k in range(accum, 0, -1) if accum % k == 0]
@@ -158,7 +141,7 @@ def choose(
     memory = int(placed) if isinstance(placed, (int, float)) and placed > 0 else int(gpu_memory)
     budget = int(memory * (1 - HEADROOM))
     where = f"{memory / 2**30:.0f} GiB GPU" + (" (placement)" if placed else "")
-    base = _setup(spec, method)
+    base = est.Setup.from_spec(spec, method)  # type: ignore[arg-type]  # resolved: never auto
 
     def estimate(setup: est.Setup) -> int | None:
         if shape is None:

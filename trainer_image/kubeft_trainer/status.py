@@ -1,9 +1,11 @@
 """Reports progress to the FineTuneJob's status subresource, only the fields the trainer owns.
 
-The trainer owns ``phase`` while its pod runs (Initializing, Training, Evaluating, Exporting),
-``progress`` (with ``progress.message`` for dataset warnings), ``checkpoints``, ``artifacts`` and
-``metrics``; the operator owns the rest (message, conditions, vram, gpu, node, pod, restarts) and the
-final phase. A failure reaches the operator through the termination message, not the status.
+The trainer owns ``phase`` while its pod trains (Training, Evaluating, Exporting: the operator
+sets every other phase, Initializing included), ``progress`` (with ``progress.message`` for what
+initialisation is doing and dataset warnings), ``checkpoints``, ``artifacts`` and ``metrics``
+(kubeft.contract.TRAINER_STATUS_FIELDS); the operator owns the rest
+(kubeft.contract.OPERATOR_STATUS_FIELDS) and the final phase. A failure reaches the operator
+through the termination message, not the status.
 
 Updates are merged locally and sent as one JSON merge patch at most every
 `interval` seconds by a background thread, so a thousand trainers cannot flood the API
@@ -31,12 +33,11 @@ from kubeft import contract
 
 log = logging.getLogger(__name__)
 
-PHASE_INITIALIZING = "Initializing"
-PHASE_TRAINING = "Training"
-PHASE_EVALUATING = "Evaluating"
-PHASE_EXPORTING = "Exporting"
-TRAINER_PHASES = (PHASE_INITIALIZING, PHASE_TRAINING, PHASE_EVALUATING, PHASE_EXPORTING)
-OWNED_FIELDS = ("phase", "progress", "checkpoints", "artifacts", "metrics")
+PHASE_TRAINING = contract.PHASE_TRAINING
+PHASE_EVALUATING = contract.PHASE_EVALUATING
+PHASE_EXPORTING = contract.PHASE_EXPORTING
+TRAINER_PHASES = contract.TRAINER_PHASES
+OWNED_FIELDS = ("phase", *contract.TRAINER_STATUS_FIELDS)
 EVENT_TYPES = ("Normal", "Warning")
 EVENT_MESSAGE_LIMIT = 1024
 EVENT_TIMEOUT_SECONDS = 10

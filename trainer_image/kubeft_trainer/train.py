@@ -54,7 +54,6 @@ from kubeft_trainer.model import (
 from kubeft_trainer.status import (
     PHASE_EVALUATING,
     PHASE_EXPORTING,
-    PHASE_INITIALIZING,
     PHASE_TRAINING,
     StatusReporter,
     make_reporter,
@@ -65,6 +64,7 @@ log = logging.getLogger(__name__)
 
 BNB_OPTIMIZERS = frozenset({"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
 FINAL_UPLOAD_TIMEOUT_SECONDS = 1800.0
+DEFAULT_BUCKET = "kubeft"  # local runs without spec.storage.bucket (the operator always sets one)
 GENERATION_MAX_NEW_TOKENS = 64
 
 
@@ -93,7 +93,10 @@ class Recipe:
         )
         self.retry_policy = retry_policy or RetryPolicy()
         self.storage = Storage(
-            self.spec.storage.endpoint, self.spec.storage.bucket, self.workdir / "storage", self.retry_policy
+            self.spec.storage.endpoint,
+            self.spec.storage.bucket or DEFAULT_BUCKET,
+            self.workdir / "storage",
+            self.retry_policy,
         )
         self.hw: Hardware = detect_hardware()
         self.metrics_port: int | None = None
@@ -118,7 +121,6 @@ class Recipe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.cfg.runtime.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.cfg.runtime.metrics_port)
-        self.status.update(phase=PHASE_INITIALIZING)
         job = self.cfg.job
         store = self.storage.job_store
         source = self.spec.model.source
@@ -471,7 +473,7 @@ class Recipe:
         store = self.storage.job_store
         self.status.update(phase=PHASE_EXPORTING)
         local = self.workdir / "artifacts"
-        formats = self.spec.export_formats
+        formats = list(self.spec.export_formats(self.method))
         adapter_dir = None
         if self.method != "full":
             adapter_dir = export_mod.export_adapter(
