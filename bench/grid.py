@@ -190,7 +190,9 @@ def run(a: argparse.Namespace) -> int:
             f"{row.get('error', '')}",
             flush=True,
         )
-        doc = {"gpu": row.get("gpu") or "cpu", "versions": measure.versions(), "points": rows}
+        # the GPU any point of this run measured on (a failed point does not know it)
+        gpu = next((r["gpu"] for r in rows if r.get("gpu")), "cpu")
+        doc = {"gpu": gpu, "versions": measure.versions(), "points": rows}
         path.write_text(json.dumps(doc, indent=1))
     return 0
 

@@ -2,8 +2,8 @@
 # The whole GPU measurement in one command, in stages (most needed first):
 #   bash bench/suite.sh OUTDIR [STAGE ...]     stages: grid loss bench varlen (default: all four)
 #
-#   grid    estimator calibration: kubeft's trainer on Llama-3.2-1B and Qwen2.5-1.5B (qlora, lora, full),
-#           Qwen2.5-7B and Llama-3.1-8B (qlora, lora, one full) shapes × seq 512/2048/4096 × micro-batch
+#   grid    estimator calibration: kubeft's trainer on Llama-3.2-1B, Qwen2.5-1.5B and Qwen2.5-0.5B (qlora,
+#           lora, full), Qwen2.5-7B, Llama-3.1-8B and Mistral-7B (qlora, lora, one full) shapes × seq 512/2048/4096 × micro-batch
 #           1/4 × checkpointing off/on/offloaded, one process per point, on one GPU (two streams in
 #           parallel on a 2-GPU host, GRID_TIMEOUT seconds each); then merged with the committed grid
 #           (OUTDIR/estimator_grid.json) and fitted (OUTDIR/fit.md; exit 1 there = no constants fit)
@@ -23,6 +23,8 @@ steps=${STEPS:-8}; loss_steps=${LOSS_STEPS:-60}; grid_timeout=${GRID_TIMEOUT:-36
 GRID_LLAMA_1B=qlora:512:1:1,qlora:2048:4:0,qlora:4096:1:1,qlora:4096:4:2,lora:2048:1:0,lora:2048:4:0,lora:4096:1:0,lora:2048:4:1,full:512:1:1,full:2048:1:1,full:4096:1:1,full:2048:4:0,qlora:2048:4:2,lora:2048:4:2,full:2048:4:1,lora:512:4:0,qlora:512:4:0
 GRID_QWEN_1B5=qlora:512:1:1,qlora:2048:1:0,qlora:2048:4:0,qlora:4096:4:1,qlora:4096:4:2,lora:2048:1:0,lora:2048:4:0,lora:4096:1:1,full:2048:1:1,full:2048:4:0,full:512:4:1
 GRID_QWEN_7B=qlora:2048:1:0,qlora:2048:4:1,qlora:4096:4:2,qlora:512:4:0,lora:2048:4:1,lora:512:4:0,lora:2048:1:0,lora:4096:1:1
+GRID_QWEN_0B5=qlora:2048:4:0,lora:2048:4:0,full:2048:1:1,qlora:4096:4:1,lora:4096:4:2,full:1024:4:0,qlora:512:1:1,lora:2048:4:1
+GRID_MISTRAL_7B=qlora:2048:4:1,qlora:2048:1:0,lora:2048:2:0,lora:4096:1:1,qlora:4096:4:2
 GRID_LLAMA_8B=qlora:2048:1:0,qlora:4096:1:1,qlora:4096:4:2,qlora:512:4:0,lora:2048:4:0,lora:2048:1:1,lora:4096:1:0,full:2048:1:1,lora:4096:4:2,qlora:4096:4:1
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,9 +35,11 @@ for stage in $stages; do
   grid)
     # two streams (small shapes, large shapes); in parallel, one GPU each, when the host has two
     small="python3 $here/grid.py run --shape llama-1b --out $out/grid --points $GRID_LLAMA_1B &&
-      python3 $here/grid.py run --shape qwen2.5-1.5b --out $out/grid --points $GRID_QWEN_1B5"
+      python3 $here/grid.py run --shape qwen2.5-1.5b --out $out/grid --points $GRID_QWEN_1B5 &&
+      python3 $here/grid.py run --shape qwen2.5-0.5b --out $out/grid --points $GRID_QWEN_0B5"
     large="python3 $here/grid.py run --shape qwen2.5-7b --out $out/grid --points $GRID_QWEN_7B &&
-      python3 $here/grid.py run --shape llama-8b --out $out/grid --points $GRID_LLAMA_8B"
+      python3 $here/grid.py run --shape llama-8b --out $out/grid --points $GRID_LLAMA_8B &&
+      python3 $here/grid.py run --shape mistral-7b --out $out/grid --points $GRID_MISTRAL_7B"
     if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && [ -z "${CUDA_VISIBLE_DEVICES:-}" ]; then
       CUDA_VISIBLE_DEVICES=0 timeout "$grid_timeout" bash -c "$small" > "$out/grid-small.log" 2>&1 &
       CUDA_VISIBLE_DEVICES=1 timeout "$grid_timeout" bash -c "$large" > "$out/grid-large.log" 2>&1 &

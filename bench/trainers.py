@@ -177,7 +177,8 @@ def run_peer(a: Any, seqs: list[list[int]], callbacks: list[Any]) -> tuple[Any, 
 
 
 def kubeft_spec(a: Any, data: Path) -> dict[str, Any]:
-    return {
+    """The FineTuneJob spec kubeft's trainer runs (LoRA settings only for the LoRA methods, as the CRD)."""
+    spec = {
         "model": {"source": str(a.model_dir)},
         "method": a.method,
         "dataset": {"source": str(data), "format": "text", "trainOn": "all"},
@@ -199,6 +200,9 @@ def kubeft_spec(a: Any, data: Path) -> dict[str, Any]:
         },
         "checkpoints": {"everySteps": 1_000_000, "keep": 1},
     }
+    if a.method == "full":
+        del spec["hyperparameters"]["lora"]
+    return spec
 
 
 def run_kubeft(a: Any, seqs: list[list[int]], callbacks: list[Any]) -> tuple[Any, Any]:

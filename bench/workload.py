@@ -27,8 +27,13 @@ ESTIMATOR_NAMES: dict[str, str] = {
     "llama-8b": "llama-3.1-8b",
     "qwen2.5-1.5b": "qwen2.5-1.5b",
     "qwen2.5-7b": "qwen2.5-7b",
+    "qwen2.5-0.5b": "qwen2.5-0.5b",
+    "mistral-7b": "mistral-7b-v0.3",
 }
-ROPE_THETA = {"llama-1b": 500000.0, "llama-8b": 500000.0, "qwen2.5-1.5b": 1000000.0, "qwen2.5-7b": 1000000.0}
+ROPE_THETA = {
+    "llama-1b": 500000.0, "llama-8b": 500000.0, "qwen2.5-1.5b": 1000000.0, "qwen2.5-7b": 1000000.0,
+    "qwen2.5-0.5b": 1000000.0, "mistral-7b": 1000000.0,
+}  # fmt: skip
 # config.json fields of each shape: the estimator's, plus the RoPE base the model needs
 SHAPES: dict[str, dict[str, Any]] = {
     **{name: {**KNOWN_SHAPES[est], "rope_theta": ROPE_THETA[name]} for name, est in ESTIMATOR_NAMES.items()},

@@ -98,23 +98,23 @@ class Constants:
     # Fitted to kubeft's trainer on H100 and H200 (bench/results/estimator_grid.json: Llama and Qwen2
     # shapes). mlp·F is SwiGLU's gate, up and down inputs (≈ 3 bf16 F-vectors); the shapes' kv/h
     # ratios (0.14–0.25) are too close to tell h from h_kv, so the fit puts the h-sized part on kv.
-    act_hidden_coeff: float = 0.02294
-    act_kv_coeff: float = 15.05
-    act_mlp_coeff: float = 7.685
+    act_hidden_coeff: float = 0.2526
+    act_kv_coeff: float = 11.95
+    act_mlp_coeff: float = 7.389
     act_norm_fp32_coeff: float = 0.0  # fp32 RMSNorm copies (12 without a fused RMSNorm kernel)
     act_dropout_coeff: float = 3.0
     # bf16 base layers (LoRA, full) keep more per token than bitsandbytes' 4-bit matmul, which saves
     # only what its backward needs: bf16·h more per token per layer (fitted; the same on Llama and
     # Qwen2 shapes whose MLP widths differ, so it scales with the hidden size)
-    act_bf16_base_hidden_coeff: float = 6.732
+    act_bf16_base_hidden_coeff: float = 7.781
     # With gradient checkpointing each layer keeps its bf16 input (2h) plus what the recompute
     # keeps alive around it: ckpt·h per token per layer (fitted)
-    act_checkpoint_coeff: float = 2.5
+    act_checkpoint_coeff: float = 2.599
     # ... and with bf16 base layers (LoRA, full) ckpt_bf16·h more per token per layer (fitted)
-    act_checkpoint_bf16_base_coeff: float = 1.023
+    act_checkpoint_bf16_base_coeff: float = 0.8487
     # With the layer inputs offloaded to host memory, the GPU still holds one layer's activations
     # being recomputed plus the transfers in flight (TRL's offloading stash): this many layers' worth
-    offload_gpu_layers: float = 1.728
+    offload_gpu_layers: float = 1.874
     # Padded (not padding-free) batches build a 4D attention mask: b·L·L elements
     attention_mask_bytes: float = 2.0
     # Logits and loss buffers per token per vocabulary entry
@@ -124,7 +124,7 @@ class Constants:
     fused_logits_chunk_bytes: int = 128 * 1024 * 1024
     # with gradient checkpointing the peak comes in the backward's recompute, when the loss's
     # chunk is gone: this share of it counts then (fitted)
-    fused_chunk_checkpointed_share: float = 0.6975
+    fused_chunk_checkpointed_share: float = 0.7942
     # QLoRA dequantises one linear at a time to bf16 (forward and backward)
     dequant_workspace_copies: float = 2.0
     # Fixed and proportional overheads
@@ -132,8 +132,8 @@ class Constants:
     # Caching-allocator slack (reserved over allocated): tensors that come and go in every step
     # (activations, logits, gradients, dequantisation) fragment the cache; weights and optimizer
     # states are allocated once, in few large blocks
-    allocator_fraction: float = 0.1392
-    allocator_static_fraction: float = 0.0497
+    allocator_fraction: float = 0.1942
+    allocator_static_fraction: float = 0.01999
 
 
 DEFAULT_CONSTANTS: Final = Constants()

@@ -140,7 +140,7 @@ def test_not_ready_nodes_and_used_gpus_are_not_free() -> None:
     [
         ("llama-3.2-1b", "qlora", "NVIDIA-L4"),
         ("llama-3.1-8b", "qlora", "NVIDIA-L4"),
-        # 2 × 2,048 tokens with the trainer's chunked LM head: 19.6 GiB, 21.6 with the 10 % margin
+        # 2 × 2,048 tokens with the trainer's chunked LM head: 19.3 GiB, 21.2 with the 10 % margin
         ("llama-3.1-8b", "lora", "NVIDIA-L4"),
         ("llama-3.2-1b", "full", "NVIDIA-L4"),
         ("qwen2.5-7b", "full", "NVIDIA-H100-80GB-HBM3"),
