@@ -489,6 +489,16 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
     )
 
 
+def checkpoint_bytes(estimate: Estimate) -> int:
+    """What one checkpoint of the job holds: the trained weights and their optimizer states.
+
+    LoRA methods save their adapters (fp32) and the adapters' optimizer states; full fine-tuning
+    the whole bf16 model and its states. Sizes the pod's grace period for a final checkpoint.
+    """
+    trained = estimate.weights if estimate.method == "full" else estimate.adapters
+    return trained + estimate.optimizer
+
+
 def offload_host_bytes(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CONSTANTS) -> int:
     """Pinned host memory the offloaded layer inputs take (0 unless checkpointing offloads them).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,4 +34,12 @@ class Plan:
         """``status.vram`` / job.json ``estimate``: the placement estimate plus the trainer's profiles."""
         doc = self.estimate.to_dict()
         doc["profiles"] = {name: e.to_dict() for name, e in self.profiles.items()}
+        doc["checkpointBytes"] = est.checkpoint_bytes(self.estimate)
         return doc
+
+    @property
+    def grace_period_seconds(self) -> int:
+        """The trainer pod's termination grace period: room to write and upload a final checkpoint."""
+        s = self.settings
+        seconds = 2 * est.checkpoint_bytes(self.estimate) / s.checkpoint_bytes_per_second
+        return s.termination_grace_floor_seconds + math.ceil(seconds)

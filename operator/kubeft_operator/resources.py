@@ -294,7 +294,8 @@ def get_pod(job: FineTuneJob, plan: Plan) -> client.V1Pod:
             tolerations=_tolerations(job),
             node_selector=dict(res.node_selector) or None,
             priority_class_name=res.priority_class_name,
-            termination_grace_period_seconds=120,  # room for the final checkpoint on SIGTERM
+            # room for the final checkpoint on SIGTERM, sized from the checkpoint estimate
+            termination_grace_period_seconds=plan.grace_period_seconds,
             security_context=client.V1PodSecurityContext(
                 run_as_non_root=True,
                 run_as_user=uid,

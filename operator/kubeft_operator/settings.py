@@ -32,6 +32,10 @@ class Settings(BaseModel):
     # exponential backoff between attempts: base × 2^(restarts-1), capped
     backoff_base_seconds: float = Field(default=10.0, ge=0)
     backoff_max_seconds: float = Field(default=300.0, ge=0)
+    # SIGTERM (preemption, eviction, deletion) gives the trainer this long to save and upload its
+    # final checkpoint: the floor plus twice (write, then upload) the checkpoint at this rate
+    termination_grace_floor_seconds: int = Field(default=120, ge=0)
+    checkpoint_bytes_per_second: float = Field(default=50e6, gt=0)
     metrics_port: int = Field(default=8080, ge=0, le=65535)  # 0: no /metrics server
     liveness_port: int = Field(default=8081, ge=0, le=65535)  # 0: no /healthz endpoint
     model_config_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import math
 from typing import Any
 
 import pytest
@@ -460,3 +462,24 @@ def test_dataset_check_leaves_hub_sources_to_the_trainer_and_reports_unreachable
     assert problem.message.startswith(
         f"cannot reach {closed} to check spec.dataset.source s3://data/train.jsonl"
     )
+
+
+def test_the_grace_period_leaves_room_to_save_and_upload_the_final_checkpoint() -> None:
+    # QLoRA of a 1B model: a checkpoint of 11.3M fp32 adapter params + 8-bit states is 67.6 MB:
+    # 120 s floor + 2 × 67.6 MB at 50 MB/s = 123 s
+    j, plan = _plan_and_job()
+    assert est.checkpoint_bytes(plan.estimate) == 11_272_192 * (4 + 2)
+    assert resources.get_pod(j, plan).spec.termination_grace_period_seconds == 120 + 3
+    assert plan.estimate_doc()["checkpointBytes"] == 11_272_192 * 6
+    # full fine-tuning saves the whole bf16 model and its states: minutes, not the floor
+    j = job(method="full")
+    d = decide(j, {}, Inputs(classes=classes(), shape=est.known_shape("llama-3.2-1b")), SETTINGS, NOW)
+    assert d.create is not None
+    full = est.checkpoint_bytes(d.create.estimate)
+    assert full == d.create.estimate.weights + d.create.estimate.optimizer > 6_000_000_000  # 6.5 GB
+    grace = resources.get_pod(j, d.create).spec.termination_grace_period_seconds
+    assert grace == 120 + math.ceil(2 * full / 50e6)
+    slow = dataclasses.replace(
+        d.create, settings=SETTINGS.model_copy(update={"checkpoint_bytes_per_second": 5e6})
+    )
+    assert slow.grace_period_seconds > 10 * (grace - 120)
