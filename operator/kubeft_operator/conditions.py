@@ -41,6 +41,7 @@ DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
 POD_FAILED: Final = "PodFailed"
 POD_LOST: Final = "PodLost"
 OOM_KILLED: Final = "OOMKilled"
+QUOTA_EXCEEDED: Final = "QuotaExceeded"  # a ResourceQuota refused the trainer pod: the job waits
 
 MAX_MESSAGE: Final = 1024
 

@@ -18,8 +18,8 @@ from kubeft import contract
 from . import conditions as cond
 from . import metrics
 from .api import FineTuneJob, InvalidSpec
-from .kube import Kube, utcnow
-from .reconcile import decide, iso, needs_inputs
+from .kube import Kube, QuotaExceeded, utcnow
+from .reconcile import decide, iso, needs_inputs, quota_wait
 from .settings import Settings
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -96,7 +96,11 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str, logger:
     pods = kube.job_pods(job)
     inputs = kube.inputs(job, settings) if needs_inputs(job, pods, now) else None
     decision = decide(job, pods, inputs, settings, now)
-    kube.apply(job, decision, logger)
+    try:
+        kube.apply(job, decision, logger)
+    except QuotaExceeded as exc:
+        logger.info("quota: %s", exc)
+        decision = quota_wait(job, str(exc), now)
     changes = {k: v for k, v in decision.status.items() if job.status.get(k) != v}
     if changes and not kube.patch_status(job, changes):
         logger.info("status moved meanwhile; deciding again on the next tick")

@@ -166,7 +166,14 @@ class Kube:
             if not _create(lambda: self.core.create_namespaced_config_map(ns, cm)):
                 self.core.replace_namespaced_config_map(cm.metadata.name, ns, cm)
             pod = resources.get_pod(job, plan)
-            if _create(lambda: self.core.create_namespaced_pod(ns, pod)):
+            try:
+                created = _create(lambda: self.core.create_namespaced_pod(ns, pod))
+            except ApiException as exc:
+                refusal = quota_message(exc)
+                if refusal is None:
+                    raise
+                raise QuotaExceeded(refusal) from exc
+            if created:
                 logger.info("created pod %s for %s on %s", pod.metadata.name, plan.method, plan.gpu_product)
             else:
                 logger.info("pod %s already exists; adopting it", pod.metadata.name)
@@ -242,6 +249,21 @@ class Kube:
             reporting_instance="kubeft-operator",
         )
         self.core.create_namespaced_event(job.namespace, body)
+
+
+class QuotaExceeded(Exception):
+    """The API server refused to create an object because a ResourceQuota of the namespace is used up."""
+
+
+def quota_message(exc: ApiException) -> str | None:
+    """The quota's own words when ``exc`` is a ResourceQuota refusal (403 "exceeded quota"), else None."""
+    if exc.status != 403:
+        return None
+    try:
+        message = str(json.loads(exc.body or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        message = str(exc.body or "")
+    return message if "exceeded quota" in message else None
 
 
 def _create(call: Any) -> bool:

@@ -313,6 +313,24 @@ def decide(
     return b.result(create=plan, placement=choice)
 
 
+def quota_wait(job: FineTuneJob, message: str, now: dt.datetime) -> Decision:
+    """The trainer pod was refused by a ResourceQuota: the job waits (Pending), saying the quota's words.
+
+    No attempt is counted and nothing is recorded as created; every tick tries again, so the pod
+    is made as soon as the quota has room. The Warning event is sent once per wait, not per try.
+    """
+    b = _Builder(job, now)
+    text = f"the namespace's ResourceQuota refused the trainer pod; waiting for room: {message}"
+    previous = next((c for c in b.conditions if c.get("type") == cond.SCHEDULED), {})
+    b.condition(cond.SCHEDULED, False, cond.QUOTA_EXCEEDED, cond.cap(text))
+    b.phase("Pending", text, cond.QUOTA_EXCEEDED, warning=True)
+    if previous.get("reason") == cond.QUOTA_EXCEEDED:
+        b.events.clear()
+    elif not b.events:  # already Pending for another reason: the wait for quota is news
+        b.events.append(("Warning", cond.QUOTA_EXCEEDED, cond.cap(text)))
+    return b.result()
+
+
 def _after_failure(b: _Builder, pod: PodState, fail: Any, settings: Settings) -> Decision:
     """A failed or lost attempt: retry with backoff, or fail the job."""
     job = b.job

@@ -448,3 +448,37 @@ def test_secret_values_never_appear_in_any_object_the_operator_writes(
         assert secret not in text
     env = {e.name: e for e in job_pods(core_v1, ns, "secretive")[0].spec.containers[0].env}
     assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "private"
+
+
+def test_a_resource_quota_refusal_is_a_condition_with_the_quotas_message_until_there_is_room(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+) -> None:
+    ns = jobs.ns
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="gpus"),
+        spec=client.V1ResourceQuotaSpec(hard={"requests.nvidia.com/gpu": "0"}),
+    )
+    core_v1.create_namespaced_resource_quota(ns, quota)
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("over-quota"))
+
+        def refused() -> Any:
+            c = ftj.condition(jobs.get("over-quota"), "Scheduled")
+            return c if c and c["reason"] == "QuotaExceeded" else None
+
+        scheduled = ftj.wait_for(refused, what="a QuotaExceeded condition")
+        assert scheduled["status"] == "False"
+        # the quota's own words, in the condition, the status message and one Warning event
+        assert "exceeded quota: gpus" in scheduled["message"]
+        assert "requests.nvidia.com/gpu" in scheduled["message"]
+        status = jobs.get("over-quota")["status"]
+        assert status["phase"] == "Pending" and "exceeded quota: gpus" in status["message"]
+        refusals = [e for e in events(core_v1, ns, "over-quota") if e.reason == "QuotaExceeded"]
+        assert len(refusals) == 1 and refusals[0].type == "Warning"
+        assert job_pods(core_v1, ns, "over-quota") == [] and not status.get("podsCreated")
+        # room in the quota: the next tick creates the pod, and no attempt was used up
+        core_v1.delete_namespaced_resource_quota("gpus", ns)
+        ftj.wait_for(lambda: job_pods(core_v1, ns, "over-quota"), what="the trainer pod")
+        ftj.wait_for(lambda: phase(jobs, "over-quota") in ("Scheduling", "Initializing"), what="placed")
+    assert runner.exception is None
+    assert not jobs.get("over-quota")["status"].get("restarts")

@@ -13,7 +13,7 @@ from kubeft_operator import conditions as cond
 from kubeft_operator import placement as pl
 from kubeft_operator import resources
 from kubeft_operator.api import FineTuneJob
-from kubeft_operator.reconcile import Inputs, PodState, decide, iso, needs_inputs
+from kubeft_operator.reconcile import Inputs, PodState, decide, iso, needs_inputs, quota_wait
 from kubeft_operator.settings import Settings
 from kubernetes import client
 
@@ -483,3 +483,34 @@ def test_the_grace_period_leaves_room_to_save_and_upload_the_final_checkpoint() 
         d.create, settings=SETTINGS.model_copy(update={"checkpoint_bytes_per_second": 5e6})
     )
     assert slow.grace_period_seconds > 10 * (grace - 120)
+
+
+def test_a_quota_refusal_waits_pending_with_the_quotas_words_and_one_event() -> None:
+    words = (
+        "exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=0, "
+        "limited: requests.nvidia.com/gpu=0"
+    )
+    d = quota_wait(job(status={"phase": "Pending"}), words, NOW)
+    assert d.status["phase"] == "Pending" and words in d.status["message"]
+    (scheduled,) = [c for c in d.status["conditions"] if c["type"] == cond.SCHEDULED]
+    assert (scheduled["status"], scheduled["reason"]) == ("False", cond.QUOTA_EXCEEDED)
+    assert d.create is None and "podsCreated" not in d.status  # no attempt counted
+    assert [(t, r) for t, r, _ in d.events] == [("Warning", cond.QUOTA_EXCEEDED)]
+    # the next refusal repeats no event
+    again = quota_wait(job(status={"phase": "Pending", "conditions": d.status["conditions"]}), words, NOW)
+    assert again.events == [] and again.status["message"] == d.status["message"]
+
+
+def test_only_a_quota_refusal_is_read_as_one() -> None:
+    from kubeft_operator.kube import quota_message
+    from kubernetes.client.rest import ApiException
+
+    refused = ApiException(status=403)
+    refused.body = json.dumps(
+        {"kind": "Status", "message": 'pods "j-trainer-0" is forbidden: exceeded quota: gpus'}
+    )
+    assert quota_message(refused) == 'pods "j-trainer-0" is forbidden: exceeded quota: gpus'
+    rbac = ApiException(status=403)
+    rbac.body = json.dumps({"message": 'pods is forbidden: User "x" cannot create resource "pods"'})
+    assert quota_message(rbac) is None
+    assert quota_message(ApiException(status=409)) is None
