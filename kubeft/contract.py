@@ -101,17 +101,25 @@ TRAINER_CONFIG_KIND: Final = "TrainerConfig"
 
 
 # Storage layout under s3://<spec.storage.bucket>/
-def job_prefix(namespace: str, name: str) -> str:
-    """Object prefix (no bucket, no trailing slash) that holds everything of one job."""
-    return f"{namespace}/{name}"
+LOCAL_RUN: Final = "local"  # the run of a job that has no UID (`kubeft train` without a cluster)
 
 
-def checkpoint_prefix(namespace: str, name: str, step: int) -> str:
-    return f"{job_prefix(namespace, name)}/checkpoints/step-{step}"
+def job_prefix(namespace: str, name: str, uid: str = "") -> str:
+    """Object prefix (no bucket, no trailing slash) that holds everything of one job: its checkpoints
+    and artifacts, under ``<namespace>/<name>/<uid>``. A job deleted and created again under the same
+    name has a new UID, so it starts fresh instead of resuming the old run (``spec.resumeFrom`` can
+    point at that run on purpose)."""
+    return f"{namespace}/{name}/{uid or LOCAL_RUN}"
 
 
-def artifacts_prefix(namespace: str, name: str) -> str:
-    return f"{job_prefix(namespace, name)}/artifacts"
+def checkpoint_prefix(job_root: str, step: int) -> str:
+    """The step-N checkpoint of the job run whose prefix is ``job_root`` (:func:`job_prefix`)."""
+    return f"{job_root}/checkpoints/step-{step}"
+
+
+def artifacts_prefix(job_root: str) -> str:
+    """The exported artifacts of the job run whose prefix is ``job_root``."""
+    return f"{job_root}/artifacts"
 
 
 CHECKPOINT_MANIFEST: Final = "manifest.json"  # written last: marks a checkpoint complete

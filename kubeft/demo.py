@@ -191,7 +191,7 @@ def prepare_namespace(api: Any, info: Any, namespace: str = NAMESPACE) -> None:
         if exc.status != 404:
             raise
     mc = info.minio_client()
-    prefix = contract.job_prefix(namespace, JOB) + "/"
+    prefix = f"{namespace}/{JOB}/"  # every earlier run of the demo's job (each under its own UID)
     for obj in mc.list_objects(OUTPUT_BUCKET, prefix=prefix, recursive=True):
         mc.remove_object(OUTPUT_BUCKET, obj.object_name)
 
@@ -251,7 +251,7 @@ def _progress_line(phase: str, status: dict[str, Any], p: dict[str, Any]) -> str
 
 def show_artifacts(info: Any, job: dict[str, Any], namespace: str = NAMESPACE) -> None:
     mc = info.minio_client()
-    prefix = contract.job_prefix(namespace, JOB) + "/"
+    prefix = contract.job_prefix(namespace, JOB, job["metadata"]["uid"]) + "/"
     for obj in mc.list_objects(OUTPUT_BUCKET, prefix=prefix, recursive=True):
         if "/checkpoints/" in obj.object_name and not obj.object_name.endswith(contract.CHECKPOINT_MANIFEST):
             continue

@@ -235,6 +235,9 @@ class FineTuneJobSpec(_Model):
     storage: StorageSpec = StorageSpec()
     checkpoints: CheckpointSpec = CheckpointSpec()
     export: ExportSpec = ExportSpec()
+    # a checkpoint of an earlier run to start from: s3://<bucket>/<namespace>/<job>/<uid>/ (its newest)
+    # or .../checkpoints/step-N/; same base model and method (the trainer checks its manifest)
+    resume_from: str | None = Field(default=None, max_length=1024)
     suspend: bool = False
     backoff_limit: int = Field(default=3, ge=0, le=100)
     active_deadline_seconds: int | None = Field(default=None, ge=1)

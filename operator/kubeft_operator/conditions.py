@@ -15,6 +15,10 @@ SCHEDULED: Final = "Scheduled"  # the trainer pod is bound to a node
 SUSPENDED: Final = "Suspended"
 SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
+# kstatus (sigs.k8s.io/cli-utils): what Flux, Argo CD and `kubectl wait --for=condition=Ready` read
+READY: Final = "Ready"  # True once the job succeeded: its artifacts are there
+RECONCILING: Final = "Reconciling"  # True while the job makes progress (or waits for something to appear)
+STALLED: Final = "Stalled"  # True when it cannot go on without someone: failed, or waiting on a fix
 
 # --- reasons -------------------------------------------------------------------
 SPEC_VALID: Final = "SpecValid"
@@ -42,6 +46,12 @@ POD_FAILED: Final = "PodFailed"
 POD_LOST: Final = "PodLost"
 OOM_KILLED: Final = "OOMKilled"
 QUOTA_EXCEEDED: Final = "QuotaExceeded"  # a ResourceQuota refused the trainer pod: the job waits
+
+# Waiting reasons that need someone to act (a Secret to create, a spec or cluster to change): Stalled.
+# The others (a dataset or claim not there yet, a quota, a retry's backoff) resolve on their own.
+NEEDS_INTERVENTION: Final = frozenset(
+    {INVALID_SPEC, SECRET_NOT_FOUND, SECRET_KEY_MISSING, INSUFFICIENT_GPU_MEMORY, NO_GPU_NODES}
+)
 
 MAX_MESSAGE: Final = 1024
 
@@ -86,3 +96,20 @@ def set_condition(
 def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
     """The condition of ``type_``, or None."""
     return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def kstatus(phase: str, reason: str, message: str) -> dict[str, tuple[bool, str, str]]:
+    """Ready, Reconciling and Stalled of a job in ``phase``, entered for ``reason`` (``message``).
+
+    Succeeded: Ready. Failed: Stalled. Suspended: none of them true. Pending for a reason that
+    needs someone (NEEDS_INTERVENTION): Stalled. Anything else: Reconciling (placed, training,
+    or waiting for something that will come).
+    """
+    ready = phase == "Succeeded"
+    stalled = phase == "Failed" or (phase == "Pending" and reason in NEEDS_INTERVENTION)
+    reconciling = not (ready or stalled or phase == "Suspended")
+    return {
+        READY: (ready, reason, message),
+        RECONCILING: (reconciling, reason, message),
+        STALLED: (stalled, reason, message),
+    }

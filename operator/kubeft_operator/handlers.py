@@ -84,10 +84,14 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str, logger:
         stub = FineTuneJob.model_construct(
             name=name, namespace=namespace, uid=meta.get("uid", ""), status=dict(body.get("status") or {})
         )
-        conditions = cond.set_condition(
-            stub.status.get("conditions") or [], cond.VALIDATED, False, cond.INVALID_SPEC, str(exc),
-            generation=meta.get("generation") or 0, now=iso(utcnow()),
-        )  # fmt: skip
+        conditions = stub.status.get("conditions") or []
+        for type_, (value, why, text) in {
+            cond.VALIDATED: (False, cond.INVALID_SPEC, str(exc)),
+            **cond.kstatus("Pending", cond.INVALID_SPEC, str(exc)),
+        }.items():
+            conditions = cond.set_condition(
+                conditions, type_, value, why, text, generation=meta.get("generation") or 0, now=iso(utcnow())
+            )
         kube.patch_status(stub, {"phase": "Pending", "conditions": conditions})
         return
     if job.deletion_timestamp:

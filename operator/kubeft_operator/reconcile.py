@@ -124,6 +124,7 @@ class _Builder:
         self.status: dict[str, Any] = {}
         self.conditions: list[dict[str, Any]] = list(job.status.get("conditions") or [])
         self.events: list[tuple[str, str, str]] = []
+        self._why = ("", "")
 
     def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
         self.conditions = cond.set_condition(
@@ -135,8 +136,13 @@ class _Builder:
             self.events.append(("Warning" if warning else "Normal", reason, f"{phase}: {message}"))
         self.status["phase"] = phase
         self.status["message"] = cond.cap(message)
+        self._why = (reason, message)
 
     def result(self, **kw: Any) -> Decision:
+        if "phase" in self.status:  # kstatus follows every phase the operator sets
+            reason, message = self._why
+            for type_, (value, why, text) in cond.kstatus(self.status["phase"], reason, message).items():
+                self.condition(type_, value, why, text)
         self.status["conditions"] = self.conditions
         self.status["observedGeneration"] = self.job.generation
         return Decision(status=self.status, events=self.events, **kw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -294,8 +295,9 @@ def test_out_of_memory_failure_says_so_and_suggests_a_fix(
 
 
 def test_invalid_input_is_not_retried_and_success_completes(
-    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any, monkeypatch: pytest.MonkeyPatch,
+    stack: Any,
+) -> None:  # fmt: skip
     import socket
 
     import requests
@@ -323,6 +325,17 @@ def test_invalid_input_is_not_retried_and_success_completes(
     assert (jobs.get("bad-input")["status"].get("restarts") or 0) == 0
     ok = jobs.get("ok-job")["status"]
     assert ok["completionTime"] and ftj.condition(jobs.get("ok-job"), "Succeeded")["status"] == "True"
+    # kstatus, as `kubectl wait --for=condition=Ready` and Flux read it: Ready, and Stalled on failure
+    assert ftj.condition(jobs.get("ok-job"), "Ready")["status"] == "True"
+    assert ftj.condition(jobs.get("ok-job"), "Reconciling")["status"] == "False"
+    stalled = ftj.condition(jobs.get("bad-input"), "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "InvalidInput")
+    assert ftj.condition(jobs.get("bad-input"), "Ready")["status"] == "False"
+    kubectl = [str(stack.bin_dir / "kubectl"), "--kubeconfig", str(stack.kubeconfig), "-n", jobs.ns]
+    waited = subprocess.run([*kubectl, "wait", "--for=condition=Ready", "ftj/ok-job", "--timeout=10s"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert waited.returncode == 0, waited.stderr
+    assert "condition met" in waited.stdout
 
 
 def test_operator_restart_mid_reconcile_never_makes_a_second_pod(

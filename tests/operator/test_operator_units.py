@@ -514,3 +514,47 @@ def test_only_a_quota_refusal_is_read_as_one() -> None:
     rbac.body = json.dumps({"message": 'pods is forbidden: User "x" cannot create resource "pods"'})
     assert quota_message(rbac) is None
     assert quota_message(ApiException(status=409)) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "inputs_", "expected"),
+    [
+        # placed and running: in progress
+        ({}, Inputs(classes=classes(), shape=est.known_shape("llama-3.2-1b")), ("False", "True", "False")),
+        # nothing fits: someone must act (a bigger GPU, a smaller job)
+        ({}, Inputs(classes=classes(), shape=est.known_shape("llama-3.1-70b")), ("False", "False", "True")),
+        # a missing Secret: someone must create it
+        ({}, Inputs(invalid_reason=cond.SECRET_NOT_FOUND, invalid_message="no"), ("False", "False", "True")),
+        # a dataset not uploaded yet (GitOps ordering): it will come
+        (
+            {},
+            Inputs(invalid_reason=cond.DATASET_NOT_FOUND, invalid_message="not yet"),
+            ("False", "True", "False"),
+        ),
+    ],
+)
+def test_kstatus_conditions_tell_gitops_tools_whether_a_job_progresses_waits_or_needs_someone(
+    status: dict[str, Any], inputs_: Inputs, expected: tuple[str, str, str]
+) -> None:
+    method = "full" if inputs_.shape is not None and inputs_.shape.num_layers == 80 else "qlora"
+    d = decide(job(status=status, method=method), {}, inputs_, SETTINGS, NOW)
+    got = {c["type"]: c for c in d.status["conditions"]}
+    assert (got["Ready"]["status"], got["Reconciling"]["status"], got["Stalled"]["status"]) == expected
+    assert all(got[t]["observedGeneration"] == 1 for t in ("Ready", "Reconciling", "Stalled"))
+    assert got["Stalled"]["reason"] == got["Reconciling"]["reason"] != ""
+
+
+def test_kstatus_ready_on_success_and_stalled_on_failure() -> None:
+    running = {"phase": "Training", "pod": "j-trainer-0", "podsCreated": 1, "startTime": iso(NOW)}
+    done = decide(job(status=running), {"j-trainer-0": PodState("j-trainer-0", "Succeeded", "n")}, None,
+                  SETTINGS, NOW)  # fmt: skip
+    got = {c["type"]: c["status"] for c in done.status["conditions"]}
+    assert (got["Ready"], got["Reconciling"], got["Stalled"]) == ("True", "False", "False")
+    failed = decide(
+        job(status=running, backoffLimit=0),
+        {"j-trainer-0": PodState("j-trainer-0", "Failed", "n", exit_code=1, reason="Error")},
+        None, SETTINGS, NOW,
+    )  # fmt: skip
+    got = {c["type"]: c for c in failed.status["conditions"]}
+    assert (got["Ready"]["status"], got["Stalled"]["status"]) == ("False", "True")
+    assert got["Stalled"]["reason"] == cond.BACKOFF_LIMIT_EXCEEDED

@@ -66,7 +66,13 @@ def test_model_and_dataset_split_download_from_the_hub_with_the_token(tmp_path: 
     # the split picked the train file of the dataset repository, not the test one
     assert f"/datasets/kubeft-test/qa/resolve/{fakehub.COMMIT}/qa-train.jsonl" in resolved
     assert all(token == TOKEN for _, path, token in hub.requests if "gated-llama" in path)
-    adapter = tmp_path / "store" / "kubeft" / "test" / "tiny" / "artifacts" / "adapter"
+    adapter = (
+        tmp_path
+        / "store"
+        / "kubeft"
+        / contract.artifacts_prefix(contract.job_prefix("test", "tiny"))
+        / "adapter"
+    )
     assert (adapter / "adapter_model.safetensors").is_file()
     log = (tmp_path / "trainer.log").read_text()
     assert "format alpaca (detected), 16 of 16 rows usable" in log  # the train file: 2 × 8 rows

@@ -207,7 +207,12 @@ def _zero_loss_case(tmp_path: Path, tiny_model_dir: Path) -> dict[str, Any]:
 
 
 def _step_losses(tmp_path: Path) -> dict[int, float]:
-    state = tmp_path / "store/kubeft" / contract.checkpoint_prefix(NS, JOB, 6) / "trainer_state.json"
+    state = (
+        tmp_path
+        / "store/kubeft"
+        / contract.checkpoint_prefix(contract.job_prefix(NS, JOB), 6)
+        / "trainer_state.json"
+    )
     return losses(json.loads(state.read_text()))
 
 

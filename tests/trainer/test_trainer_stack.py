@@ -110,12 +110,12 @@ def test_minio_stopped_during_uploads_then_restarted_loses_nothing(
     assert rc == 0, log.read_text()[-3000:]
     assert complete_steps(store) == [2, 4, 6, 8, 10, 12]
     for step in (4, 6, 8):  # queued while MinIO was down
-        prefix = contract.checkpoint_prefix(NS, JOB, step)
+        prefix = contract.checkpoint_prefix(contract.job_prefix(NS, JOB), step)
         manifest = store.json(f"{prefix}/manifest.json")
         stored = {o.key.rsplit("/", 1)[1]: o.size for o in store.store.list(prefix + "/")}
         stored.pop("manifest.json")
         assert {f["path"]: f["bytes"] for f in manifest["files"]} == stored
-    assert store.keys(contract.artifacts_prefix(NS, JOB) + "/adapter/")
+    assert store.keys(contract.artifacts_prefix(contract.job_prefix(NS, JOB)) + "/adapter/")
 
 
 def _prom_query(url: str, query: str) -> list[dict[str, Any]]:
@@ -205,11 +205,11 @@ def test_status_of_the_finetunejob_is_patched_with_the_trainer_fields(
     assert status["progress"]["step"] == status["progress"]["totalSteps"] == 4
     assert status["progress"]["trainLoss"] > 0 and "evalLoss" in status["progress"]
     assert status["checkpoints"] == {
-        "latest": f"s3://{bucket}/{contract.checkpoint_prefix(namespace, name, 4)}/",
+        "latest": f"s3://{bucket}/{contract.checkpoint_prefix(contract.job_prefix(namespace, name), 4)}/",
         "step": 4,
     }
     assert (
         status["artifacts"]["adapter"]
-        == f"s3://{bucket}/{contract.artifacts_prefix(namespace, name)}/adapter/"
+        == f"s3://{bucket}/{contract.artifacts_prefix(contract.job_prefix(namespace, name))}/adapter/"
     )
     assert status["metrics"]["evalLoss"] > 0

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kubeft_trainer.__main__ import main
 from kubeft_trainer.config import JobRef, RuntimeOptions, TrainerConfig, parse_spec
+from kubeft_trainer.errors import InvalidInputError
 from kubeft_trainer.status import StatusReporter
 from kubeft_trainer.train import Recipe
 
@@ -26,7 +27,7 @@ NS, JOB = "test", "tiny"
 
 
 def ckpt_prefix(step: int) -> str:
-    return contract.checkpoint_prefix(NS, JOB, step)
+    return contract.checkpoint_prefix(contract.job_prefix(NS, JOB), step)
 
 
 def complete_steps(backend: Backend) -> list[int]:
@@ -47,10 +48,14 @@ class RecordingReporter(StatusReporter):
 
 
 def recipe(
-    spec: dict[str, Any], workdir: Path, status: StatusReporter | None = None, port: int | None = None
+    spec: dict[str, Any],
+    workdir: Path,
+    status: StatusReporter | None = None,
+    port: int | None = None,
+    uid: str = "",
 ) -> Recipe:
     cfg = TrainerConfig(
-        job=JobRef(JOB, NS),
+        job=JobRef(JOB, NS, uid),
         spec=parse_spec(spec),
         runtime=RuntimeOptions(workdir=workdir, metrics_port=port, report_status=False),
     )
@@ -66,7 +71,7 @@ def test_each_dataset_format_trains_end_to_end_through_the_cli(
     job = write_job(tmp_path / "job.yaml", spec, JOB, NS)
     rc = main(["--config", str(job), "--workdir", str(tmp_path / "work"), "--no-status", "--no-metrics"])
     assert rc == 0
-    base = tmp_path / "store" / "kubeft" / NS / JOB
+    base = tmp_path / "store" / "kubeft" / contract.job_prefix(NS, JOB)  # <ns>/<name>/local: no UID here
     assert (base / "checkpoints" / "step-4" / "manifest.json").is_file()
     adapter = base / "artifacts" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
@@ -146,7 +151,9 @@ def test_checkpoints_are_complete_and_pruned_to_keep(
     assert reporter.state["checkpoints"]["step"] == 7
     assert reporter.state["checkpoints"]["latest"].endswith(f"{ckpt_prefix(7)}/")
     assert reporter.state["progress"]["step"] == reporter.state["progress"]["totalSteps"] == 7
-    assert reporter.state["artifacts"]["adapter"].endswith(contract.artifacts_prefix(NS, JOB) + "/adapter/")
+    assert reporter.state["artifacts"]["adapter"].endswith(
+        contract.artifacts_prefix(contract.job_prefix(NS, JOB)) + "/adapter/"
+    )
 
 
 def test_sigkill_then_restart_resumes_from_the_last_checkpoint_with_the_same_data_order(
@@ -216,7 +223,9 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_143(
         if proc.poll() is None:
             proc.kill()
     assert rc == 128 + signal.SIGTERM, log.read_text()[-3000:]
-    saved = sorted((store / "kubeft" / NS / JOB / "checkpoints").glob("step-*/manifest.json"))
+    saved = sorted(
+        (store / "kubeft" / contract.job_prefix(NS, JOB) / "checkpoints").glob("step-*/manifest.json")
+    )
     assert len(saved) == 1
     step = json.loads(saved[0].read_text())["step"]
     assert 2 <= step < 50
@@ -238,7 +247,7 @@ def test_merged_export_loads_and_matches_base_plus_adapter(
     spec["export"] = {"formats": ["adapter", "merged-16bit"]}
     spec["storage"] = {"endpoint": (tmp_path / "store").as_uri(), "bucket": "kubeft"}
     recipe(spec, tmp_path / "work").run()
-    artifacts = tmp_path / "store" / "kubeft" / contract.artifacts_prefix(NS, JOB)
+    artifacts = tmp_path / "store" / "kubeft" / contract.artifacts_prefix(contract.job_prefix(NS, JOB))
 
     merged = AutoModelForCausalLM.from_pretrained(str(artifacts / "merged-16bit"), dtype=torch.float32).eval()
     assert "quantization_config" not in json.loads((artifacts / "merged-16bit" / "config.json").read_text())
@@ -284,7 +293,7 @@ def test_a_merge_with_no_room_anywhere_still_succeeds_with_the_adapter(
     status = RecordingReporter()
     run = recipe(spec, tmp_path / "work", status=status)
     run.run()
-    artifacts = tmp_path / "store" / "kubeft" / contract.artifacts_prefix(NS, JOB)
+    artifacts = tmp_path / "store" / "kubeft" / contract.artifacts_prefix(contract.job_prefix(NS, JOB))
     assert (artifacts / "adapter" / "adapter_model.safetensors").is_file()
     assert not (artifacts / "merged-16bit").exists()
     assert set(run.artifacts) == {"adapter"}
@@ -378,3 +387,50 @@ def test_initialisation_says_what_it_is_doing_with_download_progress(
         "building the trainer (LoRA adapters, packing, optimizer)",
         "",  # a clean dataset leaves no message once initialised
     ]
+
+
+def test_a_job_created_again_under_its_name_starts_fresh_unless_resume_from_names_the_old_run(
+    backend: Backend, dataset_file: Any, tiny_model_dir: Path, tmp_path: Path, trainer_env: Path
+) -> None:
+    spec = job_spec(tiny_model_dir, dataset_file("alpaca", repeat=4), maxSteps=4)
+    spec["storage"] = backend.spec
+    spec["checkpoints"] = {"everySteps": 2, "keep": 2}
+    recipe(spec, tmp_path / "first", uid="uid-1").run()
+    old = contract.job_prefix(NS, JOB, "uid-1")
+    assert backend.keys(contract.checkpoint_prefix(old, 4) + "/")  # under <ns>/<name>/<uid>
+    longer = {**spec, "hyperparameters": {**spec["hyperparameters"], "maxSteps": 6}}
+
+    # deleted and created again (a new UID): nothing of the first run is loaded
+    again = recipe(longer, tmp_path / "again", uid="uid-2")
+    again.setup()
+    assert again.resume_dir is None
+    again.cleanup(False)
+
+    # spec.resumeFrom names the first run: its newest checkpoint, step 4, and the status says whence
+    bucket = backend.spec["bucket"]
+    status = RecordingReporter()
+    resumed = recipe(
+        {**longer, "resumeFrom": f"s3://{bucket}/{old}/"}, tmp_path / "resumed", status, uid="uid-3"
+    )
+    resumed.run()
+    assert resumed.resume_dir is not None and resumed.resume_dir.name == "checkpoint-4"
+    assert status.state["checkpoints"]["step"] == 6  # continued to the new maxSteps, in its own prefix
+    assert status.state["checkpoints"]["latest"].endswith(
+        contract.checkpoint_prefix(contract.job_prefix(NS, JOB, "uid-3"), 6) + "/"
+    )
+    assert any(u.get("checkpoints", {}).get("resumedFrom") == f"s3://{bucket}/{old}/" for u in status.updates)
+    assert backend.keys(contract.checkpoint_prefix(old, 4) + "/")  # the old run is left as it was
+
+    # a checkpoint of another base model (or method) is refused, by name, before any training
+    other = {
+        **longer,
+        "method": "qlora",
+        "resumeFrom": f"s3://{bucket}/{contract.checkpoint_prefix(old, 2)}/",
+    }
+    refused = recipe(other, tmp_path / "refused", uid="uid-4")
+    with pytest.raises(
+        InvalidInputError,
+        match=r"spec\.resumeFrom: .*step-2/ was trained with method 'lora'; this job has method 'qlora'",
+    ):
+        refused.setup()
+    refused.cleanup(False)

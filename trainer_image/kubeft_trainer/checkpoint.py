@@ -27,7 +27,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,9 +44,9 @@ LOCAL_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 _STEP_DIR = re.compile(r"/checkpoints/step-(\d+)/")
 
 
-def checkpoints_root(namespace: str, job: str) -> str:
-    """Key prefix (with trailing slash) under which all step-N checkpoints live."""
-    return f"{contract.job_prefix(namespace, job)}/checkpoints/"
+def checkpoints_root(job_root: str) -> str:
+    """Key prefix (with trailing slash) under which all step-N checkpoints of a job run live."""
+    return f"{job_root}/checkpoints/"
 
 
 def sha256_file(path: Path) -> str:
@@ -66,9 +66,9 @@ class RemoteCheckpoint:
     complete: bool
 
 
-def list_checkpoints(store: ObjectStore, namespace: str, job: str) -> list[RemoteCheckpoint]:
-    """Every step-N checkpoint in storage, oldest first, with whether its manifest is there."""
-    root = checkpoints_root(namespace, job)
+def list_checkpoints(store: ObjectStore, job_root: str) -> list[RemoteCheckpoint]:
+    """Every step-N checkpoint of the job run in storage, oldest first, with whether its manifest is there."""
+    root = checkpoints_root(job_root)
     steps: dict[int, bool] = {}
     for obj in store.list(root):
         m = _STEP_DIR.search("/" + obj.key)
@@ -78,7 +78,7 @@ def list_checkpoints(store: ObjectStore, namespace: str, job: str) -> list[Remot
         complete = obj.key.endswith("/" + contract.CHECKPOINT_MANIFEST)
         steps[step] = steps.get(step, False) or complete
     return [
-        RemoteCheckpoint(step, contract.checkpoint_prefix(namespace, job, step), complete)
+        RemoteCheckpoint(step, contract.checkpoint_prefix(job_root, step), complete)
         for step, complete in sorted(steps.items())
     ]
 
@@ -94,19 +94,38 @@ def read_manifest(store: ObjectStore, prefix: str) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
 
 
+class IncompatibleCheckpoint(ValueError):
+    """A checkpoint made by another kind of run (base model, method): resuming from it would be wrong."""
+
+
 def download_latest(
-    store: ObjectStore, namespace: str, job: str, output_dir: Path, policy: RetryPolicy
+    store: ObjectStore,
+    job_root: str,
+    output_dir: Path,
+    policy: RetryPolicy,
+    expect: Mapping[str, str] | None = None,
+    step: int | None = None,
 ) -> tuple[int, Path] | None:
-    """Downloads the newest complete checkpoint into output_dir/checkpoint-N; None when there is none.
+    """Downloads the newest complete checkpoint (or ``step``'s) into output_dir/checkpoint-N; None when
+    there is none.
 
     Files are checked against the manifest (size and sha256); a checkpoint that does not match
-    is skipped for the next older one.
+    is skipped for the next older one. ``expect`` (``method``, ``baseModel``) must equal what the
+    manifest recorded, else :class:`IncompatibleCheckpoint`: a LoRA adapter trained on another base
+    model, or full weights, must not be loaded into this run.
     """
-    found = retry(lambda: list_checkpoints(store, namespace, job), "listing checkpoints", policy)
-    for ckpt in reversed([c for c in found if c.complete]):
+    found = retry(lambda: list_checkpoints(store, job_root), "listing checkpoints", policy)
+    for ckpt in reversed([c for c in found if c.complete and (step is None or c.step == step)]):
         manifest = retry(lambda c=ckpt: read_manifest(store, c.prefix), "reading manifest", policy)  # type: ignore[misc]
         if manifest is None:
             continue
+        differ = {k: (manifest.get(k), v) for k, v in (expect or {}).items() if manifest.get(k) != v}
+        if differ:
+            was = ", ".join(f"{k} {a!r}" for k, (a, _) in differ.items())
+            now = ", ".join(f"{k} {b!r}" for k, (_, b) in differ.items())
+            raise IncompatibleCheckpoint(
+                f"{store.uri(ckpt.prefix + '/')} was trained with {was}; this job has {now}"
+            )
         dest = output_dir / f"{LOCAL_PREFIX}{ckpt.step}"
         if dest.exists():
             shutil.rmtree(dest)
@@ -146,8 +165,7 @@ class Uploader:
     def __init__(
         self,
         store: ObjectStore,
-        namespace: str,
-        job: str,
+        job_root: str,
         keep: int,
         policy: RetryPolicy | None = None,
         on_uploaded: Callable[[UploadResult], None] | None = None,
@@ -155,8 +173,7 @@ class Uploader:
         extra_manifest: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
-        self.namespace = namespace
-        self.job = job
+        self.job_root = job_root
         self.keep = keep
         self.policy = policy or RetryPolicy()
         self.on_uploaded = on_uploaded
@@ -194,7 +211,7 @@ class Uploader:
 
     def _upload(self, step: int, local_dir: Path) -> None:
         t0 = time.monotonic()
-        prefix = contract.checkpoint_prefix(self.namespace, self.job, step)
+        prefix = contract.checkpoint_prefix(self.job_root, step)
         # A previous run may have left a partial upload of this step: clear it, manifest first.
         stale = self._call(lambda: self.store.list(prefix + "/"), f"listing {prefix}")
         for obj in sorted(stale, key=lambda o: not o.key.endswith(contract.CHECKPOINT_MANIFEST)):
@@ -211,8 +228,7 @@ class Uploader:
         manifest = {
             "format": MANIFEST_FORMAT,
             "step": step,
-            "namespace": self.namespace,
-            "job": self.job,
+            "run": self.job_root,
             "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
             "totalBytes": total,
             "files": files,
@@ -232,9 +248,7 @@ class Uploader:
         self._prune_local(step, local_dir)
 
     def _prune_remote(self) -> None:
-        found = self._call(
-            lambda: list_checkpoints(self.store, self.namespace, self.job), "listing checkpoints"
-        )
+        found = self._call(lambda: list_checkpoints(self.store, self.job_root), "listing checkpoints")
         complete = [c for c in found if c.complete]
         if not complete:
             return

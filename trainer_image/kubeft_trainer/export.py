@@ -135,5 +135,6 @@ def upload_dir(store: ObjectStore, local: Path, prefix: str, policy: RetryPolicy
     return uri, total
 
 
-def artifact_prefix(namespace: str, job: str, fmt: str) -> str:
-    return f"{contract.artifacts_prefix(namespace, job)}/{fmt}"
+def artifact_prefix(job_root: str, fmt: str) -> str:
+    """Where one export format of the job run lands."""
+    return f"{contract.artifacts_prefix(job_root)}/{fmt}"

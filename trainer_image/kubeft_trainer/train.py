@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ from kubeft_trainer.callbacks import (
     UntrainedStepGuard,
     perplexity,
 )
-from kubeft_trainer.checkpoint import Uploader, UploadResult, download_latest
+from kubeft_trainer.checkpoint import IncompatibleCheckpoint, Uploader, UploadResult, download_latest
 from kubeft_trainer.config import TrainerConfig
 from kubeft_trainer.errors import InvalidInputError, Terminated, TrainerError
 from kubeft_trainer.metrics import TrainerMetrics
@@ -82,6 +83,9 @@ class Recipe:
         self.method = cfg.resolved_method
         self.workdir = cfg.runtime.workdir
         self.output_dir = self.workdir / "output"
+        # everything this run stores lives under <namespace>/<name>/<uid>: a job created again under
+        # the same name (a new UID) starts fresh
+        self.job_root = contract.job_prefix(cfg.job.namespace, cfg.job.name, cfg.job.uid)
         self.stop = StopFlag()
         self.metrics = TrainerMetrics.create(cfg.job.namespace, cfg.job.name)
         self.status = status or make_reporter(
@@ -121,7 +125,6 @@ class Recipe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.cfg.runtime.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.cfg.runtime.metrics_port)
-        job = self.cfg.job
         store = self.storage.job_store
         source = self.spec.model.source
         self._stage(f"fetching the model {source}")
@@ -139,19 +142,12 @@ class Recipe:
         self._report_lengths()
         self._check_stop()
         self._stage("looking for a checkpoint to resume from")
-        resumed = download_latest(store, job.namespace, job.name, self.output_dir, self.storage._bounded())
+        resumed = self._resume(store)
         if resumed is not None:
-            step, self.resume_dir = resumed
-            self.status.update(
-                checkpoints={
-                    "latest": store.uri(contract.checkpoint_prefix(job.namespace, job.name, step) + "/"),
-                    "step": step,
-                }
-            )
+            _, self.resume_dir = resumed
         self.uploader = Uploader(
             store,
-            job.namespace,
-            job.name,
+            self.job_root,
             self.spec.checkpoints.keep,
             self.retry_policy,
             on_uploaded=self._on_checkpoint_uploaded,
@@ -179,6 +175,55 @@ class Recipe:
         # dataset clears old messages
         self.status.update(progress={"message": "; ".join(self._dataset_warnings())})
         self._banner()
+
+    def _resume(self, store: Any) -> tuple[int, Path] | None:
+        """This run's newest checkpoint, else the one ``spec.resumeFrom`` names; None: start fresh.
+
+        Either must have been trained on the same base model with the same method (its manifest
+        says), else the job fails with a clear reason instead of loading the wrong weights.
+        """
+        expect = {"method": self.method, "baseModel": self.spec.model.source}
+        policy = self.storage._bounded()
+        origin = self.spec.resume_from
+        try:
+            resumed = download_latest(store, self.job_root, self.output_dir, policy, expect)
+            root, step = self.job_root, None
+            if resumed is None and origin:
+                source, root, step = self._resume_source(origin)
+                resumed = download_latest(source, root, self.output_dir, policy, expect, step)
+                if resumed is None:
+                    what = f"step {step}" if step is not None else "a complete checkpoint"
+                    raise InvalidInputError(f"spec.resumeFrom {origin}: {what} is not there")
+                store = source
+        except IncompatibleCheckpoint as exc:
+            where = "spec.resumeFrom" if origin and root != self.job_root else "this job's checkpoint"
+            raise InvalidInputError(f"{where}: {exc}: refusing to resume from it") from None
+        if resumed is None:
+            return None
+        done = resumed[0]
+        latest = {"latest": store.uri(contract.checkpoint_prefix(root, done) + "/"), "step": done}
+        if root != self.job_root:
+            latest["resumedFrom"] = origin
+        self.status.update(checkpoints=latest)
+        return resumed
+
+    def _resume_source(self, uri: str) -> tuple[Any, str, int | None]:
+        """(store, job run prefix, step or None) of a ``spec.resumeFrom`` URI.
+
+        ``s3://<bucket>/<ns>/<name>/<uid>/`` resumes that run's newest checkpoint;
+        ``.../checkpoints/step-N/`` that step.
+        """
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not uri.startswith("s3://") or not bucket or not key.strip("/"):
+            raise InvalidInputError(
+                f"spec.resumeFrom {uri}: expected s3://<bucket>/<namespace>/<job>/<uid>/ or a checkpoint "
+                "in it"
+            )
+        key = key.strip("/")
+        m = re.fullmatch(r"(.+)/checkpoints/step-(\d+)", key)
+        if m:
+            return self.storage.store(bucket), m.group(1), int(m.group(2))
+        return self.storage.store(bucket), key.removesuffix("/checkpoints"), None
 
     def _stage(self, message: str) -> None:
         """What initialisation is doing now: the log and status.progress.message (rate-limited)."""
@@ -469,7 +514,6 @@ class Recipe:
 
     def export(self) -> None:
         self._check_stop()
-        job = self.cfg.job
         store = self.storage.job_store
         self.status.update(phase=PHASE_EXPORTING)
         local = self.workdir / "artifacts"
@@ -492,7 +536,7 @@ class Recipe:
             uri, _ = export_mod.upload_dir(
                 store,
                 local / fmt,
-                export_mod.artifact_prefix(job.namespace, job.name, fmt),
+                export_mod.artifact_prefix(self.job_root, fmt),
                 self.storage._bounded(),
             )
             key = "adapter" if fmt == export_mod.ADAPTER else "merged"
@@ -501,7 +545,7 @@ class Recipe:
             uri, _ = export_mod.upload_dir(
                 store,
                 local / "eval",
-                export_mod.artifact_prefix(job.namespace, job.name, "eval"),
+                export_mod.artifact_prefix(self.job_root, "eval"),
                 self.storage._bounded(),
             )
             self.artifacts["evalGenerations"] = uri + "generations.jsonl"
