@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,7 +43,7 @@ ATTENTION_MODULES: Final = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES: Final = ("gate_proj", "up_proj", "down_proj")
 ALL_LINEAR: Final = "all-linear"
 
-OPTIMIZERS: Final = (
+Optimizer = Literal[
     "adamw_torch",
     "adamw_torch_fused",
     "adamw_8bit",
@@ -50,7 +51,8 @@ OPTIMIZERS: Final = (
     "paged_adamw_32bit",
     "adafactor",
     "sgd",
-)
+]
+OPTIMIZERS: Final[tuple[str, ...]] = typing.get_args(Optimizer)
 # bitsandbytes 8-bit optimizers: transformers' Trainer keeps the states of nn.Embedding weights in 32 bits
 OPTIMIZERS_8BIT: Final = frozenset({"adamw_8bit", "paged_adamw_8bit"})
 

@@ -34,15 +34,7 @@ Method = Literal["qlora", "lora", "full", "auto"]
 DatasetFormat = Literal["auto", "alpaca", "sharegpt", "messages", "text"]
 TrainOn = Literal["responses", "all"]
 ChatTemplate = Literal["auto", "chatml", "llama3"]
-Optimizer = Literal[
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_8bit",
-    "paged_adamw_8bit",
-    "paged_adamw_32bit",
-    "adafactor",
-    "sgd",
-]
+Optimizer = est.Optimizer  # the estimator knows what each one keeps per parameter
 LrScheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
 ]

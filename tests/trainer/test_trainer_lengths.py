@@ -18,7 +18,7 @@ from kubeft_trainer.train import Recipe
 from kubeft import contract, estimate_cli
 
 from .runs import losses, write_job
-from .trainer_helpers import QA, SYSTEM, job_spec, write_jsonl
+from .trainer_helpers import QA, SYSTEM, RecordingReporter, job_spec, write_jsonl
 
 NS, JOB = "test", "tiny"
 LIMIT = 64
@@ -74,21 +74,6 @@ def recipe(spec: dict[str, Any], workdir: Path, status: StatusReporter) -> Recip
         runtime=RuntimeOptions(workdir=workdir, metrics_port=None, report_status=False),
     )
     return Recipe(cfg, status=status)
-
-
-class RecordingReporter(StatusReporter):
-    """Keeps every status update, so tests see values that later updates replace."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.updates: list[dict[str, Any]] = []
-
-    def update(self, **fields: Any) -> None:
-        self.updates.append(fields)
-        super().update(**fields)
-
-    def said(self, key: str) -> list[Any]:
-        return [u["progress"][key] for u in self.updates if key in (u.get("progress") or {})]
 
 
 # --- the report --------------------------------------------------------------------------------

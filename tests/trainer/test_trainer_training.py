@@ -20,7 +20,7 @@ from kubeft import contract
 
 from .conftest import Backend
 from .runs import losses, spawn, wait_for, write_job
-from .trainer_helpers import QA, job_spec, write_jsonl
+from .trainer_helpers import QA, RecordingReporter, job_spec, write_jsonl
 
 pytestmark = pytest.mark.slow
 NS, JOB = "test", "tiny"
@@ -33,18 +33,6 @@ def ckpt_prefix(step: int) -> str:
 def complete_steps(backend: Backend) -> list[int]:
     keys = backend.keys(f"{contract.job_prefix(NS, JOB)}/checkpoints/")
     return sorted(int(k.split("/step-")[1].split("/")[0]) for k in keys if k.endswith("/manifest.json"))
-
-
-class RecordingReporter(StatusReporter):
-    """Keeps every update, so tests can see the phase sequence."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.updates: list[dict[str, Any]] = []
-
-    def update(self, **fields: Any) -> None:
-        self.updates.append(fields)
-        super().update(**fields)
 
 
 def recipe(

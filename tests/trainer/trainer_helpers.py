@@ -6,6 +6,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from kubeft_trainer.status import StatusReporter
+
 from kubeft.dev import tinymodel
 from kubeft.dev.tinymodel import CHATML, QA, SYSTEM, write_jsonl
 
@@ -41,3 +43,19 @@ def job_spec(model_dir: Path, data: Path, **hp: Any) -> dict[str, Any]:
         "checkpoints": {"everySteps": 2, "keep": 2},
         "export": {"formats": ["adapter"]},
     }
+
+
+class RecordingReporter(StatusReporter):
+    """Keeps every status update, so tests see the phase sequence and values later updates replace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates: list[dict[str, Any]] = []
+
+    def update(self, **fields: Any) -> None:
+        self.updates.append(fields)
+        super().update(**fields)
+
+    def said(self, key: str) -> list[Any]:
+        """Every value ``progress.<key>`` took, in order."""
+        return [u["progress"][key] for u in self.updates if key in (u.get("progress") or {})]
