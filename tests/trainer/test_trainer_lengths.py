@@ -17,7 +17,7 @@ from kubeft_trainer.train import Recipe
 
 from kubeft import contract, estimate_cli
 
-from .runs import losses, write_job
+from .runs import losses, spawn, write_job
 from .trainer_helpers import QA, SYSTEM, RecordingReporter, job_spec, write_jsonl
 
 NS, JOB = "test", "tiny"
@@ -393,3 +393,49 @@ def test_estimate_of_a_dataset_without_usable_rows_exits_2(
     rc, text = estimate(str(tiny_model_dir), "--dataset", str(path))
     assert rc == 2 and text == ""
     assert "no usable rows" in capsys.readouterr().err
+
+
+@pytest.mark.stack
+def test_what_max_seq_length_cuts_reaches_the_clusters_status_and_a_warning_event(
+    stack: Any,
+    kubeft_crds: list[str],
+    custom_objects: Any,
+    core_v1: Any,
+    namespace: str,
+    mixed: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    # the FineTuneJob in the cluster is the one whose status and events the trainer writes
+    name = "cut-job"
+    manifest = {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"source": "s3://models/tiny/"},
+            "dataset": {"source": "s3://data/mixed.jsonl"},
+            "storage": {"credentialsSecret": "creds"},
+            "suspend": True,  # no operator schedules it
+        },
+    }
+    custom_objects.create_namespaced_custom_object(
+        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest
+    )
+    spec = job_spec(tiny_model_dir, mixed, maxSteps=2, maxSeqLength=LIMIT)
+    spec["storage"] = {"endpoint": (tmp_path / "store").as_uri(), "bucket": "kubeft"}
+    job = write_job(tmp_path / "job.yaml", spec, name, namespace)
+    proc = spawn(job, tmp_path / "run", {"KUBECONFIG": str(stack.kubeconfig)})
+    assert proc.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    status = custom_objects.get_namespaced_custom_object_status(
+        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
+    )["status"]
+    assert "whose answer was cut away (lines 9, 10, 11, 12)" in status["progress"]["message"]
+    assert status["metrics"]["suggestedMaxSeqLength"] > LIMIT
+    events = [
+        e for e in core_v1.list_namespaced_event(namespace).items
+        if e.involved_object.name == name and e.reason == "DatasetTruncated"
+    ]  # fmt: skip
+    assert len(events) == 1 and events[0].type == "Warning"
+    text = events[0].message
+    assert "lines 9, 10, 11, 12" in text and "p95" in text  # the dropped rows' lines and the percentiles
