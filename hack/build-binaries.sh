@@ -13,6 +13,7 @@ KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.0}"
 # MinIO has no semver tags; this pseudo-version is the last release commit we pin.
 MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"  # `latest` resolves and records the newest
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 
 CACHE="${KUBEFT_CACHE:-$HOME/.cache/kubeft}"
 BIN="$CACHE/bin"
@@ -113,15 +114,26 @@ build_minio() {
   go_install minio github.com/minio/minio "$version"
 }
 
+# Kueue's manager (cmd/kueue): its go.mod has no replace directives, so plain `go install`.
+# Its CRDs are read by `kubeft dev up` from the same module in $GOMODCACHE (config/components/crd/bases).
+build_kueue() {
+  go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION -X sigs.k8s.io/kueue/pkg/version.GitCommit=$KUEUE_VERSION"
+  # the CRDs' source for `kubeft dev up` (a no-op when cached); outside any module's directory
+  (cd "$CACHE/src" && go mod download "sigs.k8s.io/kueue@$KUEUE_VERSION")
+}
+
 what="${1:-all}"
 case "$what" in
   all)  build_etcd; go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"; build_minio; build_kubernetes
-        go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+        go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+        build_kueue ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   kwok) go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" ;;
   minio) build_minio ;;
+  kueue) build_kueue ;;
   helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|kwok|minio|helm]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|kwok|minio|helm|kueue]" >&2; exit 2 ;;
 esac
 echo "$BIN"

@@ -35,7 +35,10 @@ def apply_crds(api: Any, paths: Iterable[Path], timeout: float = 60.0) -> list[s
     ext = client.ApiextensionsV1Api(api)
     names: list[str] = []
     for path in paths:
-        for doc in yaml.safe_load_all(Path(path).read_text()):
+        # libyaml's loader when present: Kueue's workloads CRD is 1.4 MB of YAML (2.6 s in pure Python, 0.5 s)
+        for doc in yaml.load_all(
+            Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        ):
             if not doc or doc.get("kind") != "CustomResourceDefinition":
                 continue
             name = doc["metadata"]["name"]

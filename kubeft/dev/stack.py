@@ -6,6 +6,7 @@ Debian's prometheus package:
 
     etcd → kube-apiserver → kube-controller-manager, kube-scheduler → kwok (GPU nodes)
     MinIO (S3)   Prometheus (scrapes file_sd targets under <state>/prometheus/targets)
+    Kueue (its CRDs from its Go module; a ClusterQueue over the GPU classes, kubeft/dev/queues.py)
 
 `up()` is idempotent: a healthy running stack is left alone. `down()` stops every
 process and removes the state directory, so the next `up()` starts from nothing.
@@ -21,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -38,6 +40,7 @@ import yaml
 
 from kubeft import contract
 from kubeft.dev import nodes as gpu_nodes
+from kubeft.dev import queues
 from kubeft.dev.podrunner import RUN_COMPONENTS
 
 log = logging.getLogger("kubeft.dev")
@@ -60,11 +63,18 @@ PORTS = {
     "minio-console": 19001,
     "prometheus": 19090,
     "podrunner": 16470,
+    "kueue": 16480,  # health probes (/healthz, /readyz), plain HTTP
+    "kueue-metrics": 16481,  # HTTPS, authenticated and authorized against the API server
+    "kueue-webhook": 16482,  # HTTPS; no webhook configuration points at it (docs/local-stack.md)
 }
 SERVICE_CIDR = "10.96.0.0/16"
 MINIO_ACCESS_KEY = "kubeft"
 MINIO_SECRET_KEY = "kubeft-local-secret"  # loopback-only dev stack; not a product credential
 SCRAPE_INTERVAL = "2s"
+
+# Components a stack started before they existed lacks: `up` starts them beside it rather than
+# restarting the whole stack.
+ADDONS = ("kueue",)
 
 # Start order; down() stops in reverse.
 COMPONENTS = (
@@ -76,6 +86,7 @@ COMPONENTS = (
     "minio",
     "prometheus",
     "podrunner",
+    "kueue",
 )
 
 
@@ -254,8 +265,9 @@ def ensure_binaries() -> None:
         "kubectl",
         "kwok",
         "minio",
+        "kueue",
     ]
-    if all((BIN / n).exists() for n in needed):
+    if all((BIN / n).exists() for n in needed) and kueue_crd_dir().is_dir():
         return
     log.info("building the local stack's binaries from their Go modules (first run: several minutes)")
     subprocess.run([str(REPO / "hack" / "build-binaries.sh"), "all"], check=True)
@@ -315,42 +327,35 @@ def _make_pki() -> None:
             "DNS:kubernetes.default.svc.cluster.local",
         ]
     )
-    for name, subj, ext in (
-        ("apiserver", "/CN=kube-apiserver", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth"),
-        ("admin", "/O=system:masters/CN=kubeft-admin", "extendedKeyUsage=clientAuth"),
-    ):
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            subj,
-        )
-        (pki / f"{name}.ext").write_text(ext + "\n")
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.crt",
-            "-days",
-            "3650",
-            "-extfile",
-            f"{name}.ext",
-        )
+    _issue("apiserver", "/CN=kube-apiserver", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth")
+    _issue("admin", "/O=system:masters/CN=kubeft-admin", "extendedKeyUsage=clientAuth")
     _openssl("genrsa", "-out", "sa.key", "2048")
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+
+def _issue(name: str, subj: str, ext: str) -> None:
+    """<pki>/<name>.crt and .key, signed by the stack's CA with the given extensions."""
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj
+    )
+    (STATE / "pki" / f"{name}.ext").write_text(ext + "\n")
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "3650",
+        "-extfile",
+        f"{name}.ext",
+    )
 
 
 def _write_kubeconfig() -> None:
@@ -422,6 +427,89 @@ def _write_kwok_config() -> Path:
     out = STATE / "kwok.yaml"
     out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out
+
+
+# --- Kueue --------------------------------------------------------------------
+
+# cmd/kueue/main.go (v0.17) reads the metrics server's certificate from this fixed path whenever
+# internal cert management is off; there is no flag or config field for it.
+KUEUE_METRICS_CERTS = Path("/etc/kueue/metrics/certs")
+KUEUE_NAMESPACE = "kueue-system"  # Kueue's own namespace (its default); nothing of Kueue runs in it here
+
+
+def kueue_version() -> str:
+    """The Kueue version the stack runs: the one built (bin/kueue → kueue-<version>), else the pinned one."""
+    link = BIN / "kueue"
+    if link.is_symlink():
+        return os.readlink(link).removeprefix("kueue-")
+    if os.environ.get("KUEUE_VERSION"):
+        return os.environ["KUEUE_VERSION"]
+    script = (REPO / "hack" / "build-binaries.sh").read_text()
+    found = re.search(r'KUEUE_VERSION="\$\{KUEUE_VERSION:-(v[^}]+)\}"', script)
+    if not found:
+        raise StackError("no KUEUE_VERSION pinned in hack/build-binaries.sh")
+    return found.group(1)
+
+
+def kueue_crd_dir() -> Path:
+    """Kueue's CRDs, read from its Go module in the module cache (downloaded by hack/build-binaries.sh)."""
+    modcache = Path(os.environ.get("GOMODCACHE") or CACHE / "go" / "mod")
+    return modcache / "sigs.k8s.io" / f"kueue@{kueue_version()}" / "config" / "components" / "crd" / "bases"
+
+
+def _kueue_config() -> dict[str, Any]:
+    """Kueue's Configuration (config.kueue.x-k8s.io/v1beta2): only batch/v1 Jobs that name a queue,
+    every listener on loopback, no leader election, no internal cert management (see docs/local-stack.md).
+    """
+    p = PORTS
+    return {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+        "kind": "Configuration",
+        "namespace": KUEUE_NAMESPACE,
+        "health": {"healthProbeBindAddress": f"{HOST}:{p['kueue']}"},
+        "metrics": {"bindAddress": f"{HOST}:{p['kueue-metrics']}"},
+        # the webhook server must run (Kueue's /readyz waits for it) but no webhook configuration
+        # is registered, so the API server never calls it
+        "webhook": {"host": HOST, "port": p["kueue-webhook"], "certDir": str(STATE / "kueue" / "certs")},
+        "leaderElection": {"leaderElect": False},
+        # cert management writes a Secret that a kubelet would mount into certDir, then patches
+        # webhook configurations and conversion webhooks that do not exist here: off
+        "internalCertManagement": {"enable": False},
+        "manageJobsWithoutQueueName": False,
+        "integrations": {"frameworks": ["batch/job"]},
+        # the visibility API server is an aggregated API server reading /visibility/tls.* (fixed path)
+        "featureGates": {"VisibilityOnDemand": False},
+    }
+
+
+def _prepare_kueue() -> None:
+    """Kueue's serving certificates and configuration, and its CRDs applied (the API server runs by now)."""
+    from kubeft.dev.kube import apply_crds
+
+    pki = STATE / "pki"
+    if not (pki / "kueue.crt").exists():
+        _issue("kueue", "/CN=kueue", f"subjectAltName=IP:{HOST},DNS:localhost\nextendedKeyUsage=serverAuth")
+    pair = {"tls.crt": (pki / "kueue.crt").read_bytes(), "tls.key": (pki / "kueue.key").read_bytes()}
+    certs = STATE / "kueue" / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    for fname, data in pair.items():
+        (certs / fname).write_bytes(data)
+    try:
+        KUEUE_METRICS_CERTS.mkdir(parents=True, exist_ok=True)
+        for fname, data in pair.items():
+            path = KUEUE_METRICS_CERTS / fname
+            if not path.exists() or path.read_bytes() != data:
+                path.write_bytes(data)
+    except PermissionError as exc:
+        raise StackError(
+            f"Kueue reads its metrics certificate from {KUEUE_METRICS_CERTS} (fixed in its code); "
+            f"make it writable: sudo install -d -o $USER {KUEUE_METRICS_CERTS} ({exc})"
+        ) from exc
+    (STATE / "kueue" / "config.yaml").write_text(yaml.safe_dump(_kueue_config(), sort_keys=False))
+    crds = sorted(kueue_crd_dir().glob("*.yaml"))
+    if not crds:
+        raise StackError(f"no Kueue CRDs in {kueue_crd_dir()}; run: hack/build-binaries.sh kueue")
+    apply_crds(_api_client(info()), crds)
 
 
 ALERT_RULES = REPO / "charts" / "kubeft" / "files" / "alerts.yaml"
@@ -570,6 +658,13 @@ def _argv(name: str) -> tuple[list[str], dict[str, str]]:
             "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=1d",
         ], {}
+    if name == "kueue":
+        return [
+            str(BIN / "kueue"),
+            f"--config={STATE / 'kueue' / 'config.yaml'}",
+            f"--kubeconfig={kubeconfig}",
+            "--zap-log-level=info",
+        ], {}
     if name == "podrunner":
         return [
             sys.executable,
@@ -600,6 +695,8 @@ def _health(name: str) -> Callable[[], bool]:
         return lambda: _http_ok(f"http://{HOST}:{p['prometheus']}/-/ready")
     if name == "podrunner":
         return lambda: _http_ok(f"http://{HOST}:{p['podrunner']}/healthz")
+    if name == "kueue":  # ready: caches synced, controllers and the (unregistered) webhook server started
+        return lambda: _http_ok(f"http://{HOST}:{p['kueue']}/readyz")
     raise KeyError(name)
 
 
@@ -613,6 +710,8 @@ def _podrunner_code() -> str:
 def start_component(name: str, timeout: float = 120.0) -> None:
     """Starts one component (if it isn't running) and waits until it is healthy."""
     if _pid(name) is None:
+        if name == "kueue":
+            _prepare_kueue()
         argv, env = _argv(name)
         _start(name, argv, env)
         if name == "podrunner":
@@ -639,23 +738,48 @@ def component_running(name: str) -> bool:
     return _pid(name) is not None
 
 
+def _healthy(name: str) -> bool:
+    if _pid(name) is None:
+        return False
+    try:
+        return _health(name)()
+    except (OSError, urllib.error.URLError, ssl.SSLError):
+        return False
+
+
 def is_running() -> bool:
     """True when every component's process is alive and answers its health check."""
-    for name in COMPONENTS:
-        if _pid(name) is None:
-            return False
-        try:
-            if not _health(name)():
-                return False
-        except (OSError, urllib.error.URLError, ssl.SSLError):
-            return False
+    return all(_healthy(name) for name in COMPONENTS)
+
+
+def _start_addons(stack: StackInfo) -> bool:
+    """A healthy stack lacking only add-on components (started before they existed) gets them started."""
+    core = [n for n in COMPONENTS if n not in ADDONS]
+    if not all(_healthy(n) for n in core) or any(_pid(n) is not None for n in ADDONS):
+        return False
+    ensure_binaries()
+    for name in ADDONS:
+        log.info("local stack running without %s: starting it", name)
+        start_component(name)
+    _setup_queues(stack)
     return True
+
+
+def _setup_queues(stack: StackInfo) -> None:
+    """Kueue's flavors and ClusterQueue over the GPU classes, and a LocalQueue in `default`."""
+    api = _api_client(stack)
+    queues.ensure_cluster_layout(api)
+    queues.ensure_local_queue(api, "default")
 
 
 def up() -> StackInfo:
     """Brings the whole stack up and returns where it is; a no-op when it already runs."""
     if is_running():
         log.info("local stack already running (%s)", STATE)
+        _restart_stale_podrunner()
+        _refresh_prometheus_config()
+        return info()
+    if _start_addons(info()):
         _restart_stale_podrunner()
         _refresh_prometheus_config()
         return info()
@@ -679,6 +803,7 @@ def up() -> StackInfo:
     gpu_nodes.register(api)
     gpu_nodes.wait_ready(api, timeout=60)
     _wait_default_namespace_ready(api)
+    _setup_queues(stack)
     _write_env(stack)
     log.info("local stack up in %.1fs; env: source %s", time.monotonic() - t0, stack.env_file)
     return stack
@@ -736,6 +861,8 @@ def versions() -> dict[str, str]:
     )
     # MinIO built with `go install` reports "DEVELOPMENT.GOGET"; the pinned module version is in the file name
     out["minio"] = (BIN / "minio").resolve().name
+    # Kueue's manager has no --version flag; it logs its gitVersion (set from the pinned version) at start
+    out["kueue"] = (BIN / "kueue").resolve().name
     for name, argv in probes:
         try:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=20)
