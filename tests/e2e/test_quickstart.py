@@ -70,9 +70,9 @@ def test_quickstart_runs_to_succeeded_with_metrics_checkpoints_and_artifacts(
             o.object_name for o in mc.list_objects(bucket, prefix=prefix.rstrip("/") + "/", recursive=True)
         ]
         assert any(n.endswith(".safetensors") for n in names), (key, names)
-    assert status["checkpoints"]["latest"].startswith(
-        f"s3://{demo.OUTPUT_BUCKET}/{ns}/quickstart/checkpoints/"
-    )
+    # under the job's own run: <namespace>/<name>/<uid>
+    run = contract.job_prefix(ns, "quickstart", job["metadata"]["uid"])
+    assert status["checkpoints"]["latest"].startswith(f"s3://{demo.OUTPUT_BUCKET}/{run}/checkpoints/")
     # Prometheus scraped the trainer: the loss series is there, labelled with the job
     series = demo.loss_series(stack, namespace=ns, name="quickstart")
     assert len(series) >= 2
