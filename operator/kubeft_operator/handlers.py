@@ -3,6 +3,7 @@
 One timer per FineTuneJob drives its whole lifecycle (placement, pod tracking,
 retries, suspend, deadlines, TTL): it re-reads the job each time, so a restart
 of the operator, a missed watch event or a stale cache cannot make it act twice.
+A finished job has no timer (unless its TTL is to be enforced): it costs no request.
 """
 
 from __future__ import annotations
@@ -47,7 +48,31 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
     logger.info("kubeft operator started; trainer image %s", memo.settings.trainer_image)
 
 
-@kopf.timer(contract.GROUP, contract.VERSION, contract.PLURAL, interval=SETTINGS.reconcile_interval_seconds)
+def needs_ticks(status: Any, spec: Any, **_: Any) -> bool:
+    """Whether a job needs its timer: until it finished, and after that only to enforce its TTL.
+
+    kopf stops a timer whose filter no longer matches (and starts it again if it matches again),
+    so the thousands of finished jobs a platform keeps cost no API request.
+    """
+    return (
+        status.get("phase") not in contract.TERMINAL_PHASES or spec.get("ttlSecondsAfterFinished") is not None
+    )
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
+def follow_phase(type: str | None, name: str, namespace: str | None, status: Any, **_: Any) -> None:
+    """Keeps ``kubeft_operator_job_phase`` true for every job from the watch alone, finished ones
+    included (they have no timer), and after an operator restart."""
+    metrics.set_phase(namespace or "", name, None if type == "DELETED" else str(status.get("phase") or ""))
+
+
+@kopf.timer(
+    contract.GROUP,
+    contract.VERSION,
+    contract.PLURAL,
+    interval=SETTINGS.reconcile_interval_seconds,
+    when=needs_ticks,
+)
 def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
     """Moves one FineTuneJob one step forward."""
     assert namespace is not None  # FineTuneJob is namespaced
@@ -63,12 +88,6 @@ def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, *
         ) from exc
     finally:
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-
-
-@kopf.on.delete(contract.GROUP, contract.VERSION, contract.PLURAL, optional=True)
-def forget_job(name: str, namespace: str | None, **_: Any) -> None:
-    """Drops a deleted job from the metrics; its children go with it by owner reference."""
-    metrics.set_phase(namespace or "", name, None)
 
 
 def reconcile(kube: Kube, settings: Settings, namespace: str, name: str, logger: Logger) -> None:

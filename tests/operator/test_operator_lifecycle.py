@@ -495,3 +495,25 @@ def test_a_resource_quota_refusal_is_a_condition_with_the_quotas_message_until_t
         ftj.wait_for(lambda: phase(jobs, "over-quota") in ("Scheduling", "Initializing"), what="placed")
     assert runner.exception is None
     assert not jobs.get("over-quota")["status"].get("restarts")
+
+
+def test_a_finished_job_costs_no_reconcile_and_keeps_its_phase_in_the_metrics(
+    jobs: Any, credentials: Any, run_operator: Any, ftj: Any
+) -> None:
+    from kubeft_operator import metrics
+    from prometheus_client import REGISTRY
+
+    def reconciles() -> float:
+        return REGISTRY.get_sample_value("kubeft_operator_reconcile_duration_seconds_count") or 0.0
+
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("ok-idle"))
+        ftj.wait_for(lambda: phase(jobs, "ok-idle") == "Succeeded", what="Succeeded")
+        time.sleep(2)  # the timer notices that its filter no longer matches
+        before = reconciles()
+        time.sleep(5)  # five ticks at the tests' 1 s interval
+        idle = reconciles() - before
+        phases = {(ns, n): p for (ns, n), p in metrics._phases.items() if n == "ok-idle"}
+    assert runner.exception is None
+    assert idle == 0, f"{idle} reconciles of a finished job in 5 s"
+    assert phases == {(jobs.ns, "ok-idle"): "Succeeded"}  # the alerts still see it, from the watch
