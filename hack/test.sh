@@ -10,7 +10,11 @@ hack/build-binaries.sh all >/dev/null
 if ! command -v prometheus >/dev/null; then
   echo "[test] installing Debian's prometheus" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # quiet unless it fails (the dpkg log of every package says nothing)
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } >/tmp/kubeft-apt.log 2>&1; then
+    tail -20 /tmp/kubeft-apt.log >&2
+    exit 1
+  fi
 fi
 export PATH="$VENV/bin:${KUBEFT_CACHE:-$HOME/.cache/kubeft}/bin:$PATH"
 

@@ -284,10 +284,15 @@ def prometheus_binary() -> str:
         raise StackError("prometheus is not installed; run: sudo apt-get install prometheus")
     log.info("installing Debian's prometheus package")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"], check=True, env=env
-    )
+    for argv in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+    ):
+        # quiet unless it fails: a dpkg log of every package says nothing a user needs
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
+            raise StackError(f"{' '.join(argv)} failed (exit {done.returncode}):\n{tail}")
     return "/usr/bin/prometheus"
 
 
