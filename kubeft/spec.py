@@ -39,6 +39,7 @@ LrScheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
 ]
 ExportFormat = Literal["adapter", "merged-16bit"]
+Cleanup = Literal["Retain", "Delete"]
 TolerationOperator = Literal["Exists", "Equal"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
@@ -230,6 +231,8 @@ class FineTuneJobSpec(_Model):
     # a checkpoint of an earlier run to start from: s3://<bucket>/<namespace>/<job>/<uid>/ (its newest)
     # or .../checkpoints/step-N/; same base model and method (the trainer checks its manifest)
     resume_from: str | None = Field(default=None, max_length=1024)
+    # what deleting the FineTuneJob does to its run's checkpoints and artifacts in storage
+    cleanup: Cleanup = "Retain"
     suspend: bool = False
     backoff_limit: int = Field(default=3, ge=0, le=100)
     active_deadline_seconds: int | None = Field(default=None, ge=1)

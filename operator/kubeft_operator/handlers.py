@@ -90,6 +90,31 @@ def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, *
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
+@kopf.on.delete(
+    contract.GROUP,
+    contract.VERSION,
+    contract.PLURAL,
+    when=lambda spec, **_: spec.get("cleanup") == "Delete",
+    retries=5,
+    backoff=10,
+)
+def clean_up(body: Any, memo: Any, logger: Logger, **_: Any) -> None:
+    """``spec.cleanup: Delete``: the run's checkpoints and artifacts go before the job does.
+
+    Only such jobs carry the finalizer. Storage away: retried (5 times, then the job is let go,
+    with the objects left and a warning, rather than kept undeletable).
+    """
+    job = FineTuneJob.from_body(body)
+    try:
+        where, count = memo.kube.delete_run_objects(job, memo.settings)
+    except LookupError as exc:
+        logger.warning("spec.cleanup: Delete, but %s: the objects are left in storage", exc)
+        return
+    except Exception as exc:
+        raise kopf.TemporaryError(f"cannot delete the job's objects yet: {exc}", delay=10) from exc
+    logger.info("spec.cleanup: Delete: removed %d objects under %s", count, where)
+
+
 def reconcile(kube: Kube, settings: Settings, namespace: str, name: str, logger: Logger) -> None:
     """Reads the job and its pods, decides, applies the decision and writes the status."""
     body = kube.get_job(namespace, name)

@@ -82,6 +82,28 @@ class Kube:
         pods = self.core.list_namespaced_pod(job.namespace, label_selector=selector).items
         return {p.metadata.name: pod_state(p) for p in pods if _owned_by(p, job)}
 
+    def delete_run_objects(self, job: FineTuneJob, settings: Settings) -> tuple[str, int]:
+        """Deletes the job run's checkpoints and artifacts (spec.cleanup: Delete): (where, how many).
+
+        Raises LookupError when the storage Secret is gone (nothing can be deleted without it).
+        """
+        name = job.spec.storage.credentials_secret or ""
+        secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
+        if secret is None:
+            raise LookupError(f"storage.credentialsSecret {name!r} is gone from namespace {job.namespace}")
+        creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.data or {}).items()}
+        bucket = job.spec.storage.bucket or settings.default_bucket
+        prefix = contract.job_prefix(job.namespace, job.name, job.uid) + "/"
+        count = modelconfig.delete_prefix(
+            job.spec.storage.endpoint or settings.default_storage_endpoint,
+            creds.get(contract.SECRET_ACCESS_KEY, ""),
+            creds.get(contract.SECRET_SECRET_KEY, ""),
+            bucket,
+            prefix,
+            settings.model_config_timeout_seconds,
+        )
+        return f"s3://{bucket}/{prefix}", count
+
     def inputs(self, job: FineTuneJob, settings: Settings) -> Inputs:
         """Credentials check, model shape and GPU classes, for placing a pod."""
         secret_name = job.spec.storage.credentials_secret

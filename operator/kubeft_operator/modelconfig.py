@@ -85,6 +85,21 @@ def _s3_client(endpoint: str, access_key: str, secret_key: str, timeout: float) 
     )
 
 
+def delete_prefix(
+    endpoint: str, access_key: str, secret_key: str, bucket: str, prefix: str, timeout: float
+) -> int:
+    """Deletes every object under ``prefix`` in ``bucket``; returns how many there were."""
+    client = _s3_client(endpoint, access_key, secret_key, timeout)
+    names = [o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True)]
+    if names:
+        from minio.deleteobjects import DeleteObject
+
+        errors = list(client.remove_objects(bucket, [DeleteObject(n) for n in names]))
+        if errors:
+            raise OSError(f"{len(errors)} of {len(names)} objects not deleted: {errors[0]}")
+    return len(names)
+
+
 def read_s3(uri: str, endpoint: str, access_key: str, secret_key: str, timeout: float) -> est.ModelShape:
     """config.json under an ``s3://`` model source."""
     from minio.error import S3Error

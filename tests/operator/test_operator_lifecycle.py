@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import json
 import subprocess
 import time
@@ -514,6 +515,52 @@ def test_a_finished_job_costs_no_reconcile_and_keeps_its_phase_in_the_metrics(
         time.sleep(5)  # five ticks at the tests' 1 s interval
         idle = reconciles() - before
         phases = {(ns, n): p for (ns, n), p in metrics._phases.items() if n == "ok-idle"}
+        # nothing to do on its deletion either: no finalizer, so it can be deleted with no operator
+        finalizers = jobs.get("ok-idle")["metadata"].get("finalizers") or []
     assert runner.exception is None
     assert idle == 0, f"{idle} reconciles of a finished job in 5 s"
     assert phases == {(jobs.ns, "ok-idle"): "Succeeded"}  # the alerts still see it, from the watch
+    assert "kubeft.io/finalizer" not in finalizers
+
+
+def test_cleanup_delete_removes_the_runs_objects_with_the_job_and_retain_keeps_them(
+    jobs: Any, credentials: Any, run_operator: Any, ftj: Any, stack: Any
+) -> None:
+    mc = stack.minio_client()
+    bucket = "kubeft-cleanup"
+    if not mc.bucket_exists(bucket):
+        mc.make_bucket(bucket)
+    storage = {"credentialsSecret": "storage-creds", "bucket": bucket, "endpoint": stack.minio_endpoint}
+    with run_operator() as runner:
+        for name, cleanup in (("doomed-run", "Delete"), ("kept-run", "Retain")):
+            jobs.create(ftj.job_manifest(name, storage=storage, cleanup=cleanup, suspend=True))
+        # what a run leaves: a checkpoint and an artifact under <ns>/<name>/<uid>/
+        runs = {}
+        for name in ("doomed-run", "kept-run"):
+            uid = jobs.get(name)["metadata"]["uid"]
+            runs[name] = contract.job_prefix(jobs.ns, name, uid)
+            for key in ("checkpoints/step-2/manifest.json", "artifacts/adapter/adapter_config.json"):
+                mc.put_object(bucket, f"{runs[name]}/{key}", io.BytesIO(b"{}"), 2)
+        # another run of the same name (an older UID) is not this job's to delete
+        mc.put_object(bucket, f"{jobs.ns}/doomed-run/older-uid/checkpoints/step-1/x", io.BytesIO(b"x"), 1)
+        ftj.wait_for(lambda: phase(jobs, "doomed-run") == "Suspended", what="Suspended")
+        assert "kubeft.io/finalizer" in jobs.get("doomed-run")["metadata"].get("finalizers", [])
+        jobs.delete("doomed-run")
+        jobs.delete("kept-run")
+
+        def gone(name: str) -> bool:
+            try:
+                jobs.get(name)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        ftj.wait_for(lambda: gone("doomed-run") and gone("kept-run"), what="both jobs deleted")
+    assert runner.exception is None
+
+    def keys(prefix: str) -> list[str]:
+        return [o.object_name for o in mc.list_objects(bucket, prefix=prefix + "/", recursive=True)]
+
+    assert keys(runs["doomed-run"]) == []
+    assert len(keys(runs["kept-run"])) == 2
+    assert keys(f"{jobs.ns}/doomed-run/older-uid") == [f"{jobs.ns}/doomed-run/older-uid/checkpoints/step-1/x"]
