@@ -564,3 +564,28 @@ def test_cleanup_delete_removes_the_runs_objects_with_the_job_and_retain_keeps_t
     assert keys(runs["doomed-run"]) == []
     assert len(keys(runs["kept-run"])) == 2
     assert keys(f"{jobs.ns}/doomed-run/older-uid") == [f"{jobs.ns}/doomed-run/older-uid/checkpoints/step-1/x"]
+
+
+def test_the_trainer_pod_passes_pod_security_restricted_enforced_by_the_apiserver(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+) -> None:
+    ns = jobs.ns
+    labels = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    core_v1.patch_namespace(ns, {"metadata": {"labels": labels}})
+    # the apiserver enforces it here: a pod that may escalate is refused
+    careless = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="careless"),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+    )
+    with pytest.raises(ApiException) as refused:
+        core_v1.create_namespaced_pod(ns, careless)
+    assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("restricted"))
+        (pod,) = ftj.wait_for(lambda: job_pods(core_v1, ns, "restricted"), what="the trainer pod admitted")
+    assert runner.exception is None
+    assert pod.spec.security_context.run_as_non_root
+    assert pod.spec.containers[0].security_context.capabilities.drop == ["ALL"]
