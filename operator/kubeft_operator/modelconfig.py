@@ -7,13 +7,15 @@
   before its data (a GitOps repository, a pipeline) waits with a condition instead of starting a
   GPU pod that can only fail.
 
-Results are cached per source for a few minutes (the operator asks every time it places a pod,
-and a model's shape does not change under a fixed source); a missing dataset is not cached, so
-its upload is seen on the next tick.
+Results are cached per source and credentials (a digest of the Secret's keys) for a few minutes
+(the operator asks every time it places a pod, and a model's shape does not change under a fixed
+source); a missing dataset is not cached, so its upload is seen on the next tick. Keyed by the
+credentials too: what one tenant's keys could read is never vouched for another's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -30,7 +32,19 @@ from . import conditions as cond
 from .api import FineTuneJobSpec
 
 CACHE_SECONDS = 300.0
-_cache: dict[tuple[str, str], tuple[float, est.ModelShape]] = {}
+_cache: dict[tuple[str, str, str], tuple[float, est.ModelShape]] = {}
+
+
+def credentials_key(credentials: Mapping[str, str]) -> str:
+    """A digest of the storage Secret's keys: what the caches are keyed by, besides the source.
+
+    A result that one namespace's credentials could read is never handed to a job whose own
+    credentials were not asked (another tenant, or the same one after a key rotation).
+    """
+    text = "\0".join(f"{k}={credentials.get(k, '')}" for k in ("accessKey", "secretKey", "hfToken"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 _lock = threading.Lock()
 
 
@@ -158,7 +172,7 @@ def model_shape(
     if spec.model.architecture is not None:
         return spec.model.architecture.to_shape()
     source = spec.model.source
-    cache_key = (source, endpoint)
+    cache_key = (source, endpoint, credentials_key(credentials))
     with _lock:
         hit = _cache.get(cache_key)
         if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
@@ -183,7 +197,7 @@ def model_shape(
     return shape
 
 
-_datasets_seen: dict[tuple[str, str], float] = {}
+_datasets_seen: dict[tuple[str, str, str], float] = {}
 
 
 @dataclass(frozen=True)
@@ -223,7 +237,7 @@ def dataset_problem(
         sources.append(("spec.dataset.eval.source", spec.dataset.eval.source))
     client: Any = None
     for what, uri in sources:
-        seen = _datasets_seen.get((uri, endpoint))
+        seen = _datasets_seen.get((uri, endpoint, credentials_key(credentials)))
         if not uri.startswith("s3://") or (seen is not None and time.monotonic() - seen < CACHE_SECONDS):
             continue
         bucket, key = split_s3(uri)
@@ -257,7 +271,7 @@ def dataset_problem(
                 f"cannot reach {endpoint} to check {what} {uri}: {type(exc).__name__}",
             )
         with _lock:
-            _datasets_seen[(uri, endpoint)] = time.monotonic()
+            _datasets_seen[(uri, endpoint, credentials_key(credentials))] = time.monotonic()
     return None
 
 

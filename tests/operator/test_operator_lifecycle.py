@@ -589,3 +589,28 @@ def test_the_trainer_pod_passes_pod_security_restricted_enforced_by_the_apiserve
     assert runner.exception is None
     assert pod.spec.security_context.run_as_non_root
     assert pod.spec.containers[0].security_context.capabilities.drop == ["ALL"]
+
+
+def test_a_model_config_read_with_one_tenants_keys_is_not_vouched_for_anothers(
+    stack: Any, minio_client: Any, bucket: str
+) -> None:
+    from kubeft_operator import modelconfig
+    from kubeft_operator.api import FineTuneJob
+
+    config = json.dumps(est.KNOWN_SHAPES["llama-3.2-1b"]).encode()
+    minio_client.put_object(bucket, "private-model/config.json", io.BytesIO(config), len(config))
+    model = {"source": f"s3://{bucket}/private-model/"}
+    body = {
+        "metadata": {"name": "j", "namespace": "ns"},
+        "spec": {"model": model, "dataset": {"source": "x"}},
+    }
+    spec = FineTuneJob.from_body(body).spec
+    owner = {"accessKey": stack.minio_access_key, "secretKey": stack.minio_secret_key}
+    stranger = {"accessKey": "someone-else", "secretKey": "not-the-owners-secret"}
+    modelconfig.clear_cache()
+    args = {"endpoint": stack.minio_endpoint, "hf_endpoint": "http://127.0.0.1:9", "timeout": 5.0}
+    assert modelconfig.model_shape(spec, credentials=owner, **args).hidden_size == 2048
+    # the owner's read is cached, but only for the owner's keys: the stranger is asked for theirs
+    with pytest.raises(modelconfig.ModelConfigError, match="InvalidAccessKeyId"):
+        modelconfig.model_shape(spec, credentials=stranger, **args)
+    assert modelconfig.model_shape(spec, credentials=owner, **args).hidden_size == 2048
