@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+def wait_until(
+    fn: Callable[[], Any], timeout: float = 60.0, what: str = "condition", interval: float = 0.25
+) -> Any:
+    """Polls ``fn`` until it returns something truthy and returns it; TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met after {timeout}s")
+        time.sleep(interval)
 
 
 def wait_for_service_account(api: Any, namespace: str, name: str = "default", timeout: float = 60.0) -> None:

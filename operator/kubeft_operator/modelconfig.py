@@ -236,8 +236,9 @@ def dataset_problem(
     if spec.dataset.eval is not None and spec.dataset.eval.source:
         sources.append(("spec.dataset.eval.source", spec.dataset.eval.source))
     client: Any = None
+    keys = credentials_key(credentials)
     for what, uri in sources:
-        seen = _datasets_seen.get((uri, endpoint, credentials_key(credentials)))
+        seen = _datasets_seen.get((uri, endpoint, keys))
         if not uri.startswith("s3://") or (seen is not None and time.monotonic() - seen < CACHE_SECONDS):
             continue
         bucket, key = split_s3(uri)
@@ -271,7 +272,7 @@ def dataset_problem(
                 f"cannot reach {endpoint} to check {what} {uri}: {type(exc).__name__}",
             )
         with _lock:
-            _datasets_seen[(uri, endpoint, credentials_key(credentials))] = time.monotonic()
+            _datasets_seen[(uri, endpoint, keys)] = time.monotonic()
     return None
 
 

@@ -18,23 +18,13 @@ from kubernetes import client
 
 from kubeft import contract
 from kubeft.dev import queues
+from kubeft.dev.kube import wait_until
 
 pytestmark = pytest.mark.stack
 
 A100 = "NVIDIA-A100-SXM4-40GB"
 A100_FLAVOR = "a100-40gb"
 A100_GPUS = 4  # kubeft/dev/nodes.py: gpu-a100-0
-
-
-def _wait(fn: Any, timeout: float = 60.0, interval: float = 0.25, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met after {timeout}s")
-        time.sleep(interval)
 
 
 def _job(name: str, queue: str, gpus: int, product: str) -> dict[str, Any]:
@@ -133,7 +123,7 @@ def queue(api_client: Any, namespace: str, custom_objects: Any) -> Iterator[str]
     its Workload gone, so the ClusterQueue's quota is whole again for the next test."""
     name = queues.ensure_local_queue(api_client, namespace)
     # a previous test's Workloads may still be releasing quota: start from an empty flavor
-    _wait(
+    wait_until(
         lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "0", what="a100 quota free"
     )
     yield name
@@ -146,8 +136,10 @@ def queue(api_client: Any, namespace: str, custom_objects: Any) -> Iterator[str]
             queues.GROUP, queues.VERSION, namespace, "workloads"
         )["items"]
 
-    _wait(no_workloads, what="workloads deleted")
-    _wait(lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "0", what="quota released")
+    wait_until(no_workloads, what="workloads deleted")
+    wait_until(
+        lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "0", what="quota released"
+    )
 
 
 def test_queue_layout_matches_the_gpu_classes(custom_objects: Any) -> None:
@@ -180,8 +172,10 @@ def test_kueue_admits_a_suspended_gpu_job_on_the_flavor_its_affinity_names(
     assert job.spec.suspend is True
 
     # Kueue unsuspends the Job once its Workload is admitted
-    _wait(lambda: batch.read_namespaced_job(name, namespace).spec.suspend is False, what="job unsuspended")
-    wl = _wait(
+    wait_until(
+        lambda: batch.read_namespaced_job(name, namespace).spec.suspend is False, what="job unsuspended"
+    )
+    wl = wait_until(
         lambda: (
             (w := _workload(custom_objects, namespace, job))
             and (_condition(w, "Admitted") or {}).get("status") == "True"
@@ -203,18 +197,20 @@ def test_kueue_admits_a_suspended_gpu_job_on_the_flavor_its_affinity_names(
         queues.GROUP, queues.VERSION, "resourceflavors", A100_FLAVOR
     )
     assert flavor["spec"]["nodeLabels"] == {contract.LABEL_GPU_PRODUCT: A100}
-    _wait(lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "1", what="quota reserved")
+    wait_until(
+        lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "1", what="quota reserved"
+    )
 
     # Kueue injected the flavor's nodeLabels into the pod template; the real scheduler binds the pod there
     def bound() -> Any:
         pods = core_v1.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
         return pods and pods[0].spec.node_name and pods[0]
 
-    pod = _wait(bound, what="pod bound")
+    pod = wait_until(bound, what="pod bound")
     assert pod.spec.node_selector == {contract.LABEL_GPU_PRODUCT: A100}
     node = core_v1.read_node(pod.spec.node_name)
     assert node.metadata.labels[contract.LABEL_GPU_PRODUCT] == A100, pod.spec.node_name
-    _wait(
+    wait_until(
         lambda: core_v1.read_namespaced_pod(pod.metadata.name, namespace).status.phase == "Running",
         what="pod running",
     )
@@ -225,10 +221,12 @@ def test_a_job_over_the_quota_left_stays_suspended_with_kueues_reason(
 ) -> None:
     batch = client.BatchV1Api(api_client)
     first = batch.create_namespaced_job(namespace, _job("holds-3", queue, 3, A100))
-    _wait(
+    wait_until(
         lambda: batch.read_namespaced_job("holds-3", namespace).spec.suspend is False, what="first admitted"
     )
-    _wait(lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "3", what="quota reserved")
+    wait_until(
+        lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "3", what="quota reserved"
+    )
 
     second = batch.create_namespaced_job(namespace, _job("wants-2", queue, 2, A100))
 
@@ -236,7 +234,7 @@ def test_a_job_over_the_quota_left_stays_suspended_with_kueues_reason(
         cond = _condition(_workload(custom_objects, namespace, second), "QuotaReserved")
         return cond if cond and cond["status"] == "False" and cond.get("message") else None
 
-    cond = _wait(pending, what="second workload pending")
+    cond = wait_until(pending, what="second workload pending")
     assert cond["reason"] == "Pending"
     # Kueue's text, observed on v0.17.0 (it sorts the per-flavor reasons)
     assert cond["message"] == (
@@ -251,14 +249,18 @@ def test_a_job_over_the_quota_left_stays_suspended_with_kueues_reason(
         or (_condition(_workload(custom_objects, namespace, second), "Admitted") or {}).get("status")
         != "True"
     )
-    _wait(lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "3", what="quota reserved")
+    wait_until(
+        lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "3", what="quota reserved"
+    )
 
     # the quota comes back when the first Job goes: Kueue admits the waiting one
     batch.delete_namespaced_job(first.metadata.name, namespace, propagation_policy="Background")
-    _wait(
+    wait_until(
         lambda: batch.read_namespaced_job("wants-2", namespace).spec.suspend is False, what="second admitted"
     )
-    _wait(lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "2", what="quota moved")
+    wait_until(
+        lambda: _reserved(custom_objects, A100_FLAVOR, contract.RESOURCE_GPU) == "2", what="quota moved"
+    )
 
 
 def test_a_job_without_a_queue_name_is_left_alone(api_client: Any, namespace: str, queue: str) -> None:

@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from kubeft import contract
 from kubeft.dev import nodes as gpu_nodes
-from kubeft.dev.kube import apply_crds
+from kubeft.dev.kube import apply_crds, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -49,14 +49,8 @@ def _gpu_pod(name: str, gpus: int, affinity: client.V1Affinity | None = None) ->
 
 
 def _wait(fn: Any, timeout: float = 30.0, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met after {timeout}s")
-        time.sleep(interval)
+    """kubeft.dev.kube.wait_until with this module's 30 s default."""
+    return wait_until(fn, timeout=timeout, interval=interval)
 
 
 def test_gpu_nodes_carry_gfd_labels_and_gpu_resources(core_v1: Any) -> None:
