@@ -11,15 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kubeft.spec import (
-    Architecture,
-    FineTuneJobSpec,
-    Method,
-    SpecError,
-    parse_spec,
-)
+from kubeft.spec import FineTuneJobSpec, SpecError, parse_spec
 
-__all__ = ["Architecture", "FineTuneJob", "FineTuneJobSpec", "InvalidSpec", "Method"]
+__all__ = ["FineTuneJob", "FineTuneJobSpec", "InvalidSpec"]
 
 
 class InvalidSpec(ValueError):
