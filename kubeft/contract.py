@@ -20,6 +20,7 @@ SHORT_NAME: Final = "ftj"
 
 # --- status: phases, and the one writer of each field ---------------------------------
 PHASE_PENDING: Final = "Pending"
+PHASE_QUEUED: Final = "Queued"  # the trainer Job waits for Kueue to admit (or readmit) it
 PHASE_SCHEDULING: Final = "Scheduling"
 PHASE_INITIALIZING: Final = "Initializing"
 PHASE_TRAINING: Final = "Training"
@@ -29,7 +30,7 @@ PHASE_SUCCEEDED: Final = "Succeeded"
 PHASE_FAILED: Final = "Failed"
 PHASE_SUSPENDED: Final = "Suspended"
 PHASES: Final = (
-    PHASE_PENDING, PHASE_SCHEDULING, PHASE_INITIALIZING, PHASE_TRAINING, PHASE_EVALUATING,
+    PHASE_PENDING, PHASE_QUEUED, PHASE_SCHEDULING, PHASE_INITIALIZING, PHASE_TRAINING, PHASE_EVALUATING,
     PHASE_EXPORTING, PHASE_SUCCEEDED, PHASE_FAILED, PHASE_SUSPENDED,
 )  # fmt: skip
 # status.phase is written by value: the trainer sets these while its pod runs, the operator every other
@@ -40,8 +41,8 @@ TERMINAL_PHASES: Final = (PHASE_SUCCEEDED, PHASE_FAILED)
 # Every other status field has one writer (docs/design.md, "Status ownership").
 TRAINER_STATUS_FIELDS: Final = ("progress", "checkpoints", "artifacts", "metrics")
 OPERATOR_STATUS_FIELDS: Final = (
-    "message", "observedGeneration", "conditions", "vram", "gpu", "node", "pod", "podsCreated", "restarts",
-    "lastFailure", "nextRetryTime", "startTime", "activeSince", "completionTime",
+    "message", "observedGeneration", "conditions", "vram", "gpu", "queue", "trainerJob", "node", "pod",
+    "restarts", "lastFailure", "startTime", "completionTime",
 )  # fmt: skip
 
 # --- GPU node facts (NVIDIA GPU Feature Discovery labels, device plugin resource)
@@ -62,6 +63,12 @@ COMPONENT_OPERATOR: Final = "operator"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "kubeft"
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+
+# --- Kueue (kueue.x-k8s.io): the queue a trainer Job waits in, and what Kueue writes back
+KUEUE_GROUP: Final = "kueue.x-k8s.io"
+KUEUE_VERSION: Final = "v1beta2"
+LABEL_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"  # on the Job: its LocalQueue
+LABEL_KUEUE_JOB_UID: Final = "kueue.x-k8s.io/job-uid"  # on the Workload: the Job it admits
 
 # --- the trainer pod -----------------------------------------------------------
 TRAINER_CONTAINER: Final = "trainer"
@@ -90,10 +97,13 @@ SECRET_ACCESS_KEY: Final = "accessKey"
 SECRET_SECRET_KEY: Final = "secretKey"
 SECRET_HF_TOKEN: Final = "hfToken"  # optional
 
-# Trainer exit codes: the operator retries a failed pod up to spec.backoffLimit,
-# except for EXIT_INVALID_INPUT (bad dataset, unreadable model...): retrying cannot help.
+# Trainer exit codes: the trainer Job retries a failed pod up to spec.backoffLimit, except for
+# EXIT_INVALID_INPUT (bad dataset, unreadable model...), which fails it at once (retrying cannot
+# help), and EXIT_TERMINATED (SIGTERM after a final checkpoint: preempted, evicted, drained, deleted),
+# which costs no retry.
 EXIT_OK: Final = 0
 EXIT_INVALID_INPUT: Final = 2
+EXIT_TERMINATED: Final = 143  # 128 + SIGTERM
 
 # The trainer config document (job.json) that the operator writes and the trainer reads.
 TRAINER_CONFIG_API_VERSION: Final = API_VERSION

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeft import contract
+from kubeft.dev import queues
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "demo"
@@ -150,7 +151,9 @@ def install_operator(info: Any) -> None:
 
 
 def prepare_namespace(api: Any, info: Any, namespace: str = NAMESPACE) -> None:
-    """The namespace and its storage Secret; a quickstart from an earlier run is removed first."""
+    """The namespace, its storage Secret and its Kueue LocalQueue `default` (so the quickstart is
+    queued and admitted by Kueue, as on a shared platform); a quickstart from an earlier run is
+    removed first."""
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
@@ -164,6 +167,7 @@ def prepare_namespace(api: Any, info: Any, namespace: str = NAMESPACE) -> None:
         if exc.status != 409:
             raise
     wait_for_service_account(api, namespace)
+    queues.ensure_local_queue(api, namespace)
     secret = client.V1Secret(
         metadata=client.V1ObjectMeta(name=SECRET),
         string_data={

@@ -233,6 +233,8 @@ class FineTuneJobSpec(_Model):
     resume_from: str | None = Field(default=None, max_length=1024)
     # what deleting the FineTuneJob does to its run's checkpoints and artifacts in storage
     cleanup: Cleanup = "Retain"
+    # the Kueue LocalQueue of the trainer Job; unset: the namespace's LocalQueue "default", if any
+    queue_name: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     suspend: bool = False
     backoff_limit: int = Field(default=3, ge=0, le=100)
     active_deadline_seconds: int | None = Field(default=None, ge=1)

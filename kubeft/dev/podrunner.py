@@ -20,9 +20,10 @@ as a local process, the way a kubelet would:
   is registered as a Prometheus scrape target with namespace/pod/job labels;
 - status: Running with container state, then Succeeded/Failed with exit code, reason
   and the termination message the process wrote (KUBEFT_TERMINATION_LOG);
-- deletion: SIGTERM, the pod's grace period, then SIGKILL.
+- deletion: SIGTERM, the pod's grace period, then SIGKILL; the pod's status then says how the
+  process ended (Failed with its exit code), and it is removed once no finalizer holds it.
 
-Each pod runs once (restartPolicy Never semantics); the operator creates a new pod to retry.
+Each pod runs once (restartPolicy Never semantics); the trainer Job creates a new pod to retry.
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ class PodRunner:
             seen.add(uid)
             if pod.metadata.deletion_timestamp is not None:
                 if uid in self.running:
-                    self._terminate(uid, pod.spec.termination_grace_period_seconds or 30)
+                    # the deletion's own grace (0 for a forced delete: SIGKILL at once), as a kubelet
+                    grace = pod.metadata.deletion_grace_period_seconds
+                    if grace is None:
+                        grace = pod.spec.termination_grace_period_seconds or 30
+                    self._terminate(uid, grace)
                 elif not pod.metadata.finalizers:
                     # the process is gone: finish the deletion, as a kubelet does
                     self._delete_now(pod)
@@ -483,8 +488,8 @@ class PodRunner:
             code = 128 - code
         reason = "Completed" if code == 0 else ("OOMKilled" if message.startswith("OOMKilled") else "Error")
         log.info("pod %s/%s: exited %d (%s)", run.namespace, run.name, code, reason)
-        if run.deleting:
-            return
+        # a deleted pod too ends in a terminal phase before it goes, as a kubelet reports it: the
+        # Job controller reads its exit code (pod failure policy) and then drops its finalizer
         status = self._terminated_status(pod, code, reason, message, run.started_at)
         self._patch_status(run.namespace, run.name, status)
 

@@ -5,7 +5,7 @@
     ClusterQueue `kubeft`         one resource group covering cpu, memory, nvidia.com/gpu;
                                   per flavor a nominal quota equal to that class's nodes
                                   (GPUs, CPUs, memory summed over its nodes); every namespace may use it
-    LocalQueue `kubeft`           in each namespace that asks (`ensure_local_queue`), pointing at it
+    LocalQueue `default`          in each namespace that asks (`ensure_local_queue`), pointing at it
 
 Everything here is idempotent: created when missing, replaced to this spec when it differs.
 Kueue's objects are read and written at kueue.x-k8s.io/v1beta2 (its storage version in v0.17).
@@ -21,11 +21,11 @@ from typing import Any
 from kubeft import contract
 from kubeft.dev import nodes as gpu_nodes
 
-GROUP = "kueue.x-k8s.io"
-VERSION = "v1beta2"
+GROUP = contract.KUEUE_GROUP
+VERSION = contract.KUEUE_VERSION
 CLUSTER_QUEUE = "kubeft"
-LOCAL_QUEUE = "kubeft"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+LOCAL_QUEUE = "default"  # Kueue's convention for a namespace's default queue (the operator looks for it)
+QUEUE_LABEL = contract.LABEL_QUEUE_NAME
 
 # Short, readable flavor names for the stack's GPU classes; any other product gets a slug of its name.
 FLAVOR_NAMES = {

@@ -771,7 +771,8 @@ def _start_addons(stack: StackInfo) -> bool:
 
 
 def _setup_queues(stack: StackInfo) -> None:
-    """Kueue's flavors and ClusterQueue over the GPU classes, and a LocalQueue in `default`."""
+    """Kueue's flavors and ClusterQueue over the GPU classes, and the LocalQueue `default` in the
+    namespace `default` (jobs there are queued, the operator's default queue)."""
     api = _api_client(stack)
     queues.ensure_cluster_layout(api)
     queues.ensure_local_queue(api, "default")

@@ -11,6 +11,7 @@ from typing import Any, Final
 # --- condition types -----------------------------------------------------------
 VALIDATED: Final = "Validated"  # the spec, model config and secret are usable
 SCHEDULABLE: Final = "Schedulable"  # a GPU class in the cluster fits the estimate
+ADMITTED: Final = "Admitted"  # Kueue admitted the trainer Job (only for jobs in a queue)
 SCHEDULED: Final = "Scheduled"  # the trainer pod is bound to a node
 SUSPENDED: Final = "Suspended"
 SUCCEEDED: Final = "Succeeded"
@@ -33,6 +34,11 @@ GPU_FITS: Final = "GPUFits"
 INSUFFICIENT_GPU_MEMORY: Final = "InsufficientGPUMemory"
 NO_GPU_NODES: Final = "NoGPUNodes"
 POD_CREATED: Final = "PodCreated"
+JOB_CREATED: Final = "JobCreated"  # the trainer Job exists; its pod is the Job controller's to create
+QUEUED: Final = "Queued"  # Kueue has not admitted the trainer Job (yet): its message says why
+KUEUE_ADMITTED: Final = "Admitted"
+PREEMPTED: Final = "Preempted"  # Kueue took the quota back (preemption, eviction): the job waits again
+POD_DISRUPTED: Final = "PodDisrupted"  # eviction, node drain, preemption: not counted as a failure
 POD_BOUND: Final = "PodBound"
 WAITING_FOR_NODE: Final = "WaitingForNode"
 BACKOFF: Final = "BackoffWaiting"
@@ -44,6 +50,7 @@ BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
 POD_FAILED: Final = "PodFailed"
 POD_LOST: Final = "PodLost"
+TRAINER_JOB_LOST: Final = "TrainerJobLost"  # the trainer Job was deleted behind the operator's back
 OOM_KILLED: Final = "OOMKilled"
 QUOTA_EXCEEDED: Final = "QuotaExceeded"  # a ResourceQuota refused the trainer pod: the job waits
 
@@ -106,7 +113,7 @@ def kstatus(phase: str, reason: str, message: str) -> dict[str, tuple[bool, str,
     or waiting for something that will come).
     """
     ready = phase == "Succeeded"
-    stalled = phase == "Failed" or (phase == "Pending" and reason in NEEDS_INTERVENTION)
+    stalled = phase == "Failed" or (phase in ("Pending", "Queued") and reason in NEEDS_INTERVENTION)
     reconciling = not (ready or stalled or phase == "Suspended")
     return {
         READY: (ready, reason, message),

@@ -1,7 +1,7 @@
 """kopf registration: thin handlers that read, call :func:`.reconcile.decide`, and apply.
 
-One timer per FineTuneJob drives its whole lifecycle (placement, pod tracking,
-retries, suspend, deadlines, TTL): it re-reads the job each time, so a restart
+One timer per FineTuneJob drives its whole lifecycle (placement, the trainer Job and its
+Kueue admission, suspend, TTL): it re-reads the job each time, so a restart
 of the operator, a missed watch event or a stale cache cannot make it act twice.
 A finished job has no timer (unless its TTL is to be enforced): it costs no request.
 """
@@ -20,7 +20,7 @@ from . import conditions as cond
 from . import metrics
 from .api import FineTuneJob, InvalidSpec
 from .kube import Kube, QuotaExceeded, utcnow
-from .reconcile import decide, iso, needs_inputs, quota_wait
+from .reconcile import Observed, decide, iso, needs_inputs, quota_wait
 from .settings import Settings
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -141,9 +141,9 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str, logger:
     if job.deletion_timestamp:
         return
     now = utcnow()
-    pods = kube.job_pods(job)
-    inputs = kube.inputs(job, settings) if needs_inputs(job, pods, now) else None
-    decision = decide(job, pods, inputs, settings, now)
+    observed = kube.observe(job) if job.phase not in contract.TERMINAL_PHASES else Observed()
+    inputs = kube.inputs(job, settings) if needs_inputs(job, observed) else None
+    decision = decide(job, observed, inputs, settings, now)
     try:
         kube.apply(job, decision, logger)
     except QuotaExceeded as exc:

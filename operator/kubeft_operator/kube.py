@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes import client, config
@@ -26,7 +26,7 @@ from . import conditions as cond
 from . import modelconfig, resources
 from . import placement as pl
 from .api import FineTuneJob
-from .reconcile import Decision, Inputs, PodState, iso
+from .reconcile import Decision, Inputs, Observed, PodState, TrainerJob, WorkloadState, iso
 from .settings import Settings
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -56,6 +56,10 @@ class Kube:
         return client.CoreV1Api(self.api)
 
     @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api)
+
+    @property
     def rbac(self) -> client.RbacAuthorizationV1Api:
         return client.RbacAuthorizationV1Api(self.api)
 
@@ -76,11 +80,65 @@ class Kube:
                 return None
             raise
 
-    def job_pods(self, job: FineTuneJob) -> dict[str, PodState]:
-        """The job's trainer pods by name."""
-        selector = f"{contract.LABEL_JOB}={job.name},{contract.LABEL_COMPONENT}={contract.COMPONENT_TRAINER}"
-        pods = self.core.list_namespaced_pod(job.namespace, label_selector=selector).items
-        return {p.metadata.name: pod_state(p) for p in pods if _owned_by(p, job)}
+    def observe(self, job: FineTuneJob) -> Observed:
+        """The trainer Job, its pods and its Kueue Workload (each read only when there is one)."""
+        name = resources.trainer_job_name(job)
+        body = _get_or_none(self.batch.read_namespaced_job, name, job.namespace)
+        if body is None:
+            return Observed()
+        pods: dict[str, PodState] = {}
+        if body.metadata.uid:
+            selector = f"batch.kubernetes.io/controller-uid={body.metadata.uid}"
+            items = self.core.list_namespaced_pod(job.namespace, label_selector=selector).items
+            pods = {p.metadata.name: pod_state(p) for p in items}
+        trainer = trainer_job_state(body, job)
+        if (
+            not trainer.suspended
+            and not any(not p.terminated for p in pods.values())
+            and not (trainer.complete or trainer.failure)
+        ):
+            trainer = replace(trainer, create_error=self._create_error(job.namespace, body.metadata.uid))
+        workload = self._workload(job.namespace, body.metadata.uid) if trainer.queue else None
+        return Observed(trainer=trainer, pods=pods, workload=workload)
+
+    def _create_error(self, namespace: str, uid: str) -> str | None:
+        """The Job controller's newest FailedCreate event (a ResourceQuota refusal, for one)."""
+        events = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.uid={uid},reason=FailedCreate"
+        ).items
+        newest = max(events, key=lambda e: e.last_timestamp or e.event_time or e.first_timestamp or 0,
+                     default=None)  # fmt: skip
+        return str(newest.message) if newest is not None and newest.message else None
+
+    def _workload(self, namespace: str, job_uid: str) -> WorkloadState | None:
+        """Kueue's Workload for the Job (by Kueue's job-uid label); None when Kueue made none (yet)."""
+        try:
+            items = self.custom.list_namespaced_custom_object(
+                contract.KUEUE_GROUP, contract.KUEUE_VERSION, namespace, "workloads",
+                label_selector=f"{contract.LABEL_KUEUE_JOB_UID}={job_uid}",
+            )["items"]  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:  # Kueue is not installed
+                return None
+            raise
+        return workload_state(items[0]) if items else None
+
+    def default_queue(self, job: FineTuneJob, settings: Settings) -> str | None:
+        """``spec.queueName``, else the namespace's LocalQueue named ``settings.default_queue_name``."""
+        if job.spec.queue_name:
+            return job.spec.queue_name
+        if not settings.default_queue_name:
+            return None
+        try:
+            self.custom.get_namespaced_custom_object(
+                contract.KUEUE_GROUP, contract.KUEUE_VERSION, job.namespace, "localqueues",
+                settings.default_queue_name,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:  # no such LocalQueue, or no Kueue at all
+                return None
+            raise
+        return settings.default_queue_name
 
     def delete_run_objects(self, job: FineTuneJob, settings: Settings) -> tuple[str, int]:
         """Deletes the job run's checkpoints and artifacts (spec.cleanup: Delete): (where, how many).
@@ -155,26 +213,42 @@ class Kube:
         )
         if problem is not None:
             return Inputs(invalid_reason=problem.reason, invalid_message=problem.message)
+        queue = self.default_queue(job, settings)
         nodes = self.core.list_node().items
-        bound = self.core.list_pod_for_all_namespaces(
-            field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
-        ).items
+        bound = []
+        if queue is None:  # without Kueue the operator prefers a class with a free GPU now
+            bound = self.core.list_pod_for_all_namespaces(
+                field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+            ).items
         classes = pl.gpu_classes(pl.gpu_nodes(nodes, bound))
-        return Inputs(classes=classes, shape=shape, has_hf_token=contract.SECRET_HF_TOKEN in data)
+        hf_token = contract.SECRET_HF_TOKEN in data
+        return Inputs(classes=classes, shape=shape, has_hf_token=hf_token, queue=queue)
 
     # --- writing -------------------------------------------------------------------
     def apply(self, job: FineTuneJob, decision: Decision, logger: Logger) -> None:
-        """Deletes and creates children as decided; every step tolerates having been done before."""
-        for name in decision.delete_pods:
+        """Creates and patches children as decided; every step tolerates having been done before."""
+        ns = job.namespace
+        name = resources.trainer_job_name(job)
+        if decision.patch_trainer is not None:
             try:
-                self.core.delete_namespaced_pod(name, job.namespace)
-                logger.info("deleted pod %s", name)
+                self.batch.patch_namespaced_job(name, ns, decision.patch_trainer)
+                logger.info("patched Job %s: %s", name, decision.patch_trainer)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        if decision.workload_active is not None:
+            workload, active = decision.workload_active
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    contract.KUEUE_GROUP, contract.KUEUE_VERSION, ns, "workloads", workload,
+                    {"spec": {"active": active}}, _content_type="application/merge-patch+json",
+                )  # fmt: skip
+                logger.info("set Workload %s active=%s", workload, active)
             except ApiException as exc:
                 if exc.status != 404:
                     raise
         plan = decision.create
         if plan is not None:
-            ns = job.namespace
             _create(
                 lambda: self.core.create_namespaced_service_account(
                     ns, resources.get_service_account(job, plan)
@@ -187,18 +261,20 @@ class Kube:
             cm = resources.get_config_map(job, plan)
             if not _create(lambda: self.core.create_namespaced_config_map(ns, cm)):
                 self.core.replace_namespaced_config_map(cm.metadata.name, ns, cm)
-            pod = resources.get_pod(job, plan)
+            body = resources.get_trainer_job(job, plan)
             try:
-                created = _create(lambda: self.core.create_namespaced_pod(ns, pod))
+                created = _create(lambda: self.batch.create_namespaced_job(ns, body))
             except ApiException as exc:
                 refusal = quota_message(exc)
                 if refusal is None:
                     raise
                 raise QuotaExceeded(refusal) from exc
+            where = f"LocalQueue {plan.queue}" if plan.queue else "no queue"
             if created:
-                logger.info("created pod %s for %s on %s", pod.metadata.name, plan.method, plan.gpu_product)
+                logger.info("created Job %s for %s on %s (%s)", name, plan.method,
+                            ", ".join(plan.gpu_products), where)  # fmt: skip
             else:
-                logger.info("pod %s already exists; adopting it", pod.metadata.name)
+                logger.info("Job %s already exists; adopting it", name)
         if decision.delete_job:
             try:
                 self.custom.delete_namespaced_custom_object(
@@ -239,7 +315,7 @@ class Kube:
         except ApiException as exc:
             if exc.status in (409, 422) and "phase" in changes:
                 # the trainer moved the phase meanwhile: its phase stands, the other fields
-                # (gpu, vram, pod, podsCreated...) are still ours to record
+                # (gpu, vram, pod, trainerJob...) are still ours to record
                 rest = {k: v for k, v in changes.items() if k != "phase"}
                 self.patch_status(job, rest)
                 return False
@@ -299,9 +375,60 @@ def _create(call: Any) -> bool:
         raise
 
 
-def _owned_by(pod: client.V1Pod, job: FineTuneJob) -> bool:
-    refs = pod.metadata.owner_references or []
-    return not job.uid or any(r.uid == job.uid for r in refs)
+def _owned_by(obj: Any, job: FineTuneJob) -> bool:
+    refs = obj.metadata.owner_references or []
+    return not job.uid or any(r.uid == job.uid and r.controller for r in refs)
+
+
+def trainer_job_state(body: client.V1Job, job: FineTuneJob) -> TrainerJob:
+    """The parts of the trainer Job the lifecycle looks at."""
+    spec = body.spec or client.V1JobSpec(template=client.V1PodTemplateSpec())
+    status = body.status or client.V1JobStatus()
+    conditions = {c.type: c for c in status.conditions or [] if c.status == "True"}
+    failed = conditions.get("Failed")
+    template = spec.template.spec if spec.template else None
+    selector = (template.node_selector or {}) if template else {}
+    return TrainerJob(
+        name=body.metadata.name,
+        uid=body.metadata.uid or "",
+        suspended=bool(spec.suspend),
+        queue=(body.metadata.labels or {}).get(contract.LABEL_QUEUE_NAME),
+        active=status.active or 0,
+        failed=status.failed or 0,
+        complete="Complete" in conditions,
+        failure=(failed.reason or "Failed", failed.message or "") if failed is not None else None,
+        gpu_product=selector.get(contract.LABEL_GPU_PRODUCT),
+        deleting=body.metadata.deletion_timestamp is not None,
+        owned=_owned_by(body, job),
+    )
+
+
+def workload_state(body: dict[str, Any]) -> WorkloadState:
+    """The parts of a Kueue Workload the lifecycle looks at (kueue.x-k8s.io/v1beta2)."""
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+
+    def true(type_: str) -> dict[str, Any] | None:
+        c = conditions.get(type_)
+        return c if c is not None and c.get("status") == "True" else None
+
+    admission = status.get("admission") or {}
+    flavor = ""
+    for assignment in admission.get("podSetAssignments") or []:
+        flavors = assignment.get("flavors") or {}
+        flavor = flavors.get(contract.RESOURCE_GPU) or next(iter(flavors.values()), "") or flavor
+    reserved = conditions.get("QuotaReserved") or {}
+    waiting = str(reserved.get("message") or "") if reserved.get("status") != "True" else ""
+    evicted = true("Evicted")
+    return WorkloadState(
+        name=str(body["metadata"]["name"]),
+        active=(body.get("spec") or {}).get("active", True) is not False,
+        admitted=true("Admitted") is not None,
+        cluster_queue=str(admission.get("clusterQueue") or ""),
+        flavor=str(flavor),
+        waiting=waiting,
+        evicted=(str(evicted.get("reason") or ""), str(evicted.get("message") or "")) if evicted else None,
+    )
 
 
 def _get_or_none(read: Callable[[str, str], Any], name: str, namespace: str) -> Any:
@@ -331,6 +458,14 @@ def pod_state(pod: client.V1Pod) -> PodState:
         ),
         None,
     )
+    disrupted = next(
+        (
+            c.reason or "disrupted"
+            for c in status.conditions or []
+            if c.type == "DisruptionTarget" and c.status == "True"
+        ),
+        None,
+    )
     return PodState(
         name=pod.metadata.name,
         phase=status.phase or "Pending",
@@ -340,6 +475,8 @@ def pod_state(pod: client.V1Pod) -> PodState:
         reason=reason or status.reason,
         message=message or status.message,
         unschedulable=unschedulable,
+        disrupted=disrupted,
+        created=iso(pod.metadata.creation_timestamp) if pod.metadata.creation_timestamp else "",
     )
 
 

@@ -73,6 +73,7 @@ class Placement:
     estimate: est.Estimate | None
     gpu_class: GpuClass | None = None
     waiting: bool = False  # fits, but no free GPUs right now
+    fitting: tuple[GpuClass, ...] = ()  # every class whose memory covers the need, smallest first
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -196,11 +197,14 @@ def choose(
     *,
     gpu_count: int = 1,
     margin: float = 0.10,
+    queued: bool = False,
 ) -> Placement:
     """Picks the method (``auto``: the most accurate that fits the largest class) and the GPU class.
 
     ``classes`` are the eligible classes (see :func:`eligible_classes`); ``estimates``
-    holds one estimate per method that may be chosen.
+    holds one estimate per method that may be chosen. ``queued``: the job goes to a Kueue queue,
+    which picks the class (its ResourceFlavor) among those that fit, by its quotas; free GPUs
+    are not looked at here.
     """
     order: list[est.Method] = (
         [m for m in est.METHODS if m in estimates] if requested == "auto" else [requested]  # type: ignore[list-item]
@@ -250,7 +254,12 @@ def choose(
         f"{why_method}needs {_gib(need)} per GPU (estimate {_gib(estimate.total)} + {margin:.0%} margin): "
     )
     smallest = f"{fitting[0].product} ({_gib(fitting[0].memory_bytes)}) is the smallest GPU that fits"
-    if not free:
+    if queued:
+        chosen = fitting[0]
+        names = ", ".join(c.product for c in fitting)
+        where = f"fits {names}; Kueue picks among them by its quotas"
+        free = fitting
+    elif not free:
         where = f"{smallest}, no GPU of it is free now; the pod waits for one"
     elif chosen is fitting[0]:
         where = smallest
@@ -265,4 +274,5 @@ def choose(
         estimate=estimate,
         gpu_class=chosen,
         waiting=not free,
+        fitting=tuple(fitting),
     )

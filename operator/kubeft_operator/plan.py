@@ -6,19 +6,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeft import contract
 from kubeft import estimate as est
 
+from .placement import GpuClass
 from .settings import Settings
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Placement, estimate and resolved defaults for the trainer pod of one attempt."""
+    """Placement, estimate and resolved defaults for the trainer Job."""
 
-    attempt: int
     method: est.Method
-    gpu_product: str
-    gpu_memory_bytes: int
+    gpu_classes: tuple[GpuClass, ...]  # the classes its pod may run on (Kueue picks one when queued)
     gpu_count: int
     estimate: est.Estimate
     profiles: dict[str, est.Estimate] = field(default_factory=dict)
@@ -26,9 +26,27 @@ class Plan:
     endpoint: str = ""
     bucket: str = ""
     has_hf_token: bool = False
+    queue: str | None = None  # the Kueue LocalQueue; None: the Job runs at once
     settings: Settings = field(default_factory=Settings)
-    # label → values of the chosen class's nodes (empty: GFD's product label with gpu_product)
-    gpu_node_selectors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def gpu_products(self) -> tuple[str, ...]:
+        return tuple(c.product for c in self.gpu_classes)
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        """The least memory per GPU among the allowed classes: what the trainer may count on."""
+        return min(c.memory_bytes for c in self.gpu_classes)
+
+    @property
+    def gpu_node_selectors(self) -> dict[str, tuple[str, ...]]:
+        """Label → values that pick exactly the allowed classes' nodes (GFD's product label by default)."""
+        out: dict[str, set[str]] = {}
+        for c in self.gpu_classes:
+            selectors = c.node_selectors or {contract.LABEL_GPU_PRODUCT: (c.product,)}
+            for label, values in selectors.items():
+                out.setdefault(label, set()).update(values)
+        return {label: tuple(sorted(values)) for label, values in sorted(out.items())}
 
     def estimate_doc(self) -> dict[str, Any]:
         """``status.vram`` / job.json ``estimate``: the placement estimate plus the trainer's profiles."""

@@ -1,13 +1,16 @@
 """The lifecycle of a FineTuneJob as a pure function: what is observed → what to do.
 
-:func:`decide` takes the job (as last read), its pods and, when a pod is to be
-placed, the cluster's GPU classes and the model shape; it returns the status
-fields the operator owns and the actions to take. It never touches the API, so
-every transition has a unit test (tests/operator/test_reconcile.py).
+A FineTuneJob runs as one batch/v1 Job, ``<job>-trainer`` (Indexed, one completion): the Job
+controller makes the pods, retries them up to ``backoffLimit`` with its pod failure policy, and
+enforces ``activeDeadlineSeconds``; Kueue, when the job is in a queue, admits, preempts and
+readmits it. The operator places (method and GPU classes), creates the Job, and translates what
+the Job, its pods and its Kueue Workload say into the FineTuneJob's phase, conditions and events.
 
-Pods are named ``<job>-trainer-<n>`` with ``n = status.podsCreated``: the name of
-the next pod is known before it exists, so an operator that dies between creating
-a pod and recording it adopts the same pod instead of creating a second one.
+:func:`decide` takes the job as last read and an :class:`Observed` view of its trainer Job (and,
+when the Job is to be created, the cluster's GPU classes and the model shape); it returns the
+status fields the operator owns and the actions to take. It never touches the API, so every
+transition has a unit test (tests/operator/test_operator_units.py). The Job's name is known before
+it exists, so an operator that dies between creating it and recording it adopts it.
 """
 
 from __future__ import annotations
@@ -45,21 +48,69 @@ class PodState:
     reason: str | None = None
     message: str | None = None
     unschedulable: str | None = None  # the scheduler's reason why no node fits (PodScheduled=False)
+    disrupted: str | None = None  # DisruptionTarget=True: eviction, preemption, drain (its reason)
+    created: str = ""  # creationTimestamp (RFC 3339): orders the attempts
 
     @property
     def terminated(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
 
+    @property
+    def not_counted(self) -> bool:
+        """A failure the trainer Job's pod failure policy ignores (no retry is used up)."""
+        return self.disrupted is not None or self.exit_code == contract.EXIT_TERMINATED
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """Kueue's Workload for the trainer Job: whether and where it is admitted, and why not."""
+
+    name: str
+    active: bool = True  # spec.active: false while the FineTuneJob is suspended
+    admitted: bool = False
+    cluster_queue: str = ""
+    flavor: str = ""  # the ResourceFlavor assigned to the GPUs
+    waiting: str = ""  # why it is not admitted (QuotaReserved=False, or Kueue's inadmissible message)
+    evicted: tuple[str, str] | None = None  # Evicted=True: (reason, message)
+
+
+@dataclass(frozen=True)
+class TrainerJob:
+    """The batch/v1 Job that runs the trainer."""
+
+    name: str
+    uid: str = ""
+    suspended: bool = False
+    queue: str | None = None  # its kueue.x-k8s.io/queue-name
+    active: int = 0
+    failed: int = 0  # counted failures (the pod failure policy's Ignore rules do not count)
+    complete: bool = False
+    failure: tuple[str, str] | None = None  # Failed=True: (reason, message)
+    gpu_product: str | None = None  # the GPU product its pod template is pinned to (Kueue's flavor)
+    create_error: str | None = None  # the Job controller's latest FailedCreate message
+    deleting: bool = False
+    owned: bool = True  # controlled by this FineTuneJob (not a leftover of an earlier one of that name)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The trainer Job, its pods and its Workload, as read now."""
+
+    trainer: TrainerJob | None = None
+    pods: Mapping[str, PodState] = field(default_factory=dict)
+    workload: WorkloadState | None = None
+
 
 @dataclass(frozen=True)
 class Inputs:
-    """Cluster facts gathered for placing a pod (only needed when a pod is to be created)."""
+    """Cluster facts gathered for placing the trainer Job (only needed when it is to be created)."""
 
     classes: Sequence[pl.GpuClass] = ()
     shape: est.ModelShape | None = None
     invalid_reason: str | None = None  # a Validated=False reason: secret or model config problem
     invalid_message: str = ""
     has_hf_token: bool = False
+    queue: str | None = None  # the LocalQueue the Job goes to (spec.queueName, else the namespace's default)
 
 
 @dataclass
@@ -68,7 +119,8 @@ class Decision:
 
     status: dict[str, Any]
     create: Plan | None = None
-    delete_pods: list[str] = field(default_factory=list)
+    patch_trainer: dict[str, Any] | None = None  # a merge patch for the trainer Job
+    workload_active: tuple[str, bool] | None = None  # (Workload, spec.active): Kueue's suspend
     delete_job: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     placement: pl.Placement | None = None
@@ -89,30 +141,11 @@ def parse_time(value: Any) -> dt.datetime | None:
         return None
 
 
-def backoff_seconds(restarts: int, settings: Settings) -> float:
-    """Delay before attempt ``restarts + 1``: base × 2^(restarts-1), capped."""
-    return float(min(settings.backoff_max_seconds, settings.backoff_base_seconds * 2 ** max(0, restarts - 1)))
-
-
-def current_pod_name(job: FineTuneJob) -> str:
-    """The pod the job runs or is about to create."""
-    recorded = job.status.get("pod")
-    if recorded:
-        return str(recorded)
-    return resources.pod_name(job, int(job.status.get("podsCreated") or 0))
-
-
-def needs_inputs(job: FineTuneJob, pods: Mapping[str, PodState], now: dt.datetime) -> bool:
-    """Whether :func:`decide` may create a pod now (then the caller gathers :class:`Inputs`)."""
+def needs_inputs(job: FineTuneJob, observed: Observed) -> bool:
+    """Whether :func:`decide` may create the trainer Job now (then the caller gathers :class:`Inputs`)."""
     if job.deletion_timestamp or job.phase in TERMINAL_PHASES or job.spec.suspend:
         return False
-    if job.status.get("pod"):
-        return False
-    pod = pods.get(current_pod_name(job))
-    if pod is not None and not pod.deleting:
-        return False
-    retry = parse_time(job.status.get("nextRetryTime"))
-    return not (retry and now < retry)
+    return observed.trainer is None
 
 
 class _Builder:
@@ -125,6 +158,7 @@ class _Builder:
         self.conditions: list[dict[str, Any]] = list(job.status.get("conditions") or [])
         self.events: list[tuple[str, str, str]] = []
         self._why = ("", "")
+        self.admission = ""  # "admitted by ClusterQueue … on flavor …": said when the job moves on
 
     def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
         self.conditions = cond.set_condition(
@@ -162,9 +196,17 @@ def _failure_text(pod: PodState) -> tuple[str, str]:
     return reason, message or "no message"
 
 
+def _newest(pods: Mapping[str, PodState], *, live: bool) -> PodState | None:
+    """The newest pod that is still going (``live``) or that ended (not ``live``)."""
+    found = [p for p in pods.values() if (not p.terminated and not p.deleting) == live]
+    if not live:
+        found = [p for p in found if p.terminated]
+    return max(found, key=lambda p: (p.created, p.name), default=None)
+
+
 def decide(
     job: FineTuneJob,
-    pods: Mapping[str, PodState],
+    observed: Observed,
     inputs: Inputs | None,
     settings: Settings,
     now: dt.datetime,
@@ -172,89 +214,249 @@ def decide(
     """The next step for ``job``. ``inputs`` is required when :func:`needs_inputs` says so."""
     b = _Builder(job, now)
     spec = job.spec
-    name = current_pod_name(job)
-    pod = pods.get(name)
-    live = [p.name for p in pods.values() if not p.terminated and not p.deleting]
-
-    def fail(reason: str, message: str) -> Decision:
-        b.phase("Failed", message, reason, warning=True)
-        b.condition(cond.FAILED, True, reason, message)
-        b.status["completionTime"] = iso(now)
-        return b.result(delete_pods=live)
+    trainer, workload = observed.trainer, observed.workload
 
     # --- finished: only the TTL is left to enforce
     if job.phase in TERMINAL_PHASES:
         done = parse_time(job.status.get("completionTime"))
         ttl = spec.ttl_seconds_after_finished
         expired = ttl is not None and done is not None and now >= done + dt.timedelta(seconds=ttl)
-        return Decision(status={}, delete_pods=live, delete_job=expired)
+        return Decision(status={}, delete_job=expired)
 
-    # --- suspend / resume (a suspended job's deadline clock stands still, as a batch/v1 Job's)
+    if trainer is not None and not trainer.owned:  # a Job of this name left by an earlier FineTuneJob
+        text = f"Job {trainer.name} belongs to an earlier FineTuneJob of this name; waiting for it to go"
+        b.phase("Pending", text, cond.TRAINER_JOB_LOST)
+        return b.result()
+
+    # --- suspend / resume: the trainer Job's suspend (Kueue's, through the Workload, when queued)
     if spec.suspend:
         b.condition(cond.SUSPENDED, True, cond.JOB_SUSPENDED, "spec.suspend is true; checkpoints are kept")
         b.phase("Suspended", "suspended; set spec.suspend to false to resume from the latest checkpoint",
                 cond.JOB_SUSPENDED)  # fmt: skip
         b.status["pod"] = None
-        return b.result(delete_pods=live)
+        return b.result(**_set_suspend(trainer, workload, True))
+    resumed: dict[str, Any] = {}
     if job.phase == "Suspended":
         b.condition(
             cond.SUSPENDED, False, cond.JOB_RESUMED, "resumed; a new pod continues from the latest checkpoint"
         )
         b.events.append(("Normal", cond.JOB_RESUMED, "resumed"))
-        if job.status.get("startTime"):  # the deadline counts again from now (batch/v1 resets it too)
-            b.status["activeSince"] = iso(now)
+        resumed = _set_suspend(trainer, workload, False)
 
-    # --- deadline, like batch/v1 Job: from the first pod's start, or from the last resume
-    since = parse_time(
-        b.status.get("activeSince") or job.status.get("activeSince") or job.status.get("startTime")
-    )
-    deadline = spec.active_deadline_seconds
-    if deadline is not None and since is not None and now >= since + dt.timedelta(seconds=deadline):
-        return fail(cond.DEADLINE_EXCEEDED, f"the job was active for activeDeadlineSeconds={deadline}")
-
-    # --- the current pod exists: follow it
-    if pod is not None and not pod.deleting:
-        b.status["pod"] = pod.name
-        if not job.status.get("pod"):  # adopted after an operator restart
-            b.status["podsCreated"] = int(job.status.get("podsCreated") or 0) + 1
-        if pod.phase == "Succeeded":
-            b.condition(cond.SUCCEEDED, True, cond.COMPLETED, f"pod {pod.name} completed")
-            b.status["completionTime"] = iso(now)
-            b.phase("Succeeded", f"pod {pod.name} completed", cond.COMPLETED)
-            return b.result()
-        if pod.phase == "Failed":
-            return _after_failure(b, pod, fail, settings)
-        if pod.node:
-            b.status["node"] = pod.node
-            b.condition(cond.SCHEDULED, True, cond.POD_BOUND, f"pod {pod.name} is bound to node {pod.node}")
-        else:
-            waiting = f"pod {pod.name} waits for a node"
-            if pod.unschedulable:  # e.g. an unbound claim, GPUs held by others, a taint not tolerated
-                waiting += f": {pod.unschedulable}"
-            b.condition(cond.SCHEDULED, False, cond.WAITING_FOR_NODE, waiting)
-            if pod.unschedulable and job.phase == "Scheduling":
-                b.status["message"] = cond.cap(waiting)
-        if pod.phase == "Running" and job.phase not in (*TRAINER_PHASES, "Initializing"):
-            b.phase("Initializing", f"pod {pod.name} is running on {pod.node}", cond.POD_BOUND)
-        elif job.phase in ("", "Pending", "Suspended"):
-            b.phase("Scheduling", f"pod {pod.name} created", cond.POD_CREATED)
+    if trainer is None:
+        return _create(b, job, inputs, settings, lost=bool(job.status.get("trainerJob")))
+    if trainer.deleting:
+        b.phase("Pending", f"Job {trainer.name} is being deleted; a new one follows", cond.TRAINER_JOB_LOST)
         return b.result()
+    b.status["trainerJob"] = trainer.name
+    pods = observed.pods
+    _record_failures(b, trainer, pods)
 
-    # --- the recorded pod is gone while the job was running: node lost or pod deleted
-    if job.status.get("pod") and job.phase in RUNNING_PHASES:
-        lost = PodState(name=name, phase="Failed", reason=cond.POD_LOST,
-                        message=f"pod {name} disappeared (its node went away or it was deleted)")  # fmt: skip
-        return _after_failure(b, lost, fail, settings)
-    if job.status.get("pod"):  # e.g. a suspended pod still terminating: forget it
+    # --- the Job's outcome
+    if trainer.complete:
+        b.condition(cond.SUCCEEDED, True, cond.COMPLETED, f"Job {trainer.name} completed")
+        b.status["completionTime"] = iso(now)
         b.status["pod"] = None
-
-    retry = parse_time(job.status.get("nextRetryTime"))
-    if retry and now < retry:
+        b.phase("Succeeded", f"Job {trainer.name} completed", cond.COMPLETED)
         return b.result()
+    if trainer.failure is not None:
+        return _failed(b, trainer, pods)
+
+    # --- queued: Kueue has not admitted the Job (or took it back)
+    if trainer.queue:
+        _follow_queue(b, trainer, workload)
+        if trainer.suspended:  # waiting for admission (its old pod, if any, is being stopped)
+            return b.result(**resumed)
+    elif trainer.suspended:  # not queued, suspended: only a resume unsuspends it
+        resumed = resumed or {"patch_trainer": {"spec": {"suspend": False}}}
+
+    # --- admitted (or not queued): follow the pods
+    pod = _newest(pods, live=True)
+    if pod is not None:
+        b.status["pod"] = pod.name
+        _follow_pod(b, pod)
+        return b.result(**resumed)
+    b.status["pod"] = None
+    b.status["node"] = None
+    if trainer.create_error and "exceeded quota" in trainer.create_error:
+        _quota(b, trainer.create_error)
+        return b.result(**resumed)
+    last = _newest(pods, live=False)
+    if last is not None and last.phase == "Failed":
+        reason, message = _failure_text(last)
+        if last.not_counted:
+            text = (
+                f"pod {last.name} was stopped ({last.disrupted or 'SIGTERM'}) after saving a checkpoint; "
+                f"not counted as a failure: a new pod resumes from the latest checkpoint"
+            )
+        else:
+            text = (
+                f"attempt {last.name} failed ({reason}: {message}); retry {trainer.failed}/"
+                f"{spec.backoff_limit} from the latest checkpoint once the Job controller's backoff passes"
+            )
+        b.condition(cond.SCHEDULED, False, cond.BACKOFF, cond.cap(text))
+        b.phase("Pending", text, reason if not last.not_counted else cond.POD_DISRUPTED, warning=True)
+        return b.result(**resumed)
+    if job.phase != "Scheduling":
+        text = f"Job {trainer.name} is starting its pod"
+        b.phase("Scheduling", f"{b.admission}; {text}" if b.admission else text, cond.JOB_CREATED)
+    return b.result(**resumed)
+
+
+def _set_suspend(trainer: TrainerJob | None, workload: WorkloadState | None, suspend: bool) -> dict[str, Any]:
+    """The actions that (un)suspend the trainer Job: Kueue's Workload when it is queued, else the Job."""
+    if trainer is None:
+        return {}
+    if trainer.queue:
+        if workload is not None and workload.active == suspend:
+            return {"workload_active": (workload.name, not suspend)}
+        if workload is None and suspend and not trainer.suspended:
+            return {"patch_trainer": {"spec": {"suspend": True}}}
+        return {}
+    if trainer.suspended != suspend:
+        return {"patch_trainer": {"spec": {"suspend": suspend}}}
+    return {}
+
+
+def _record_failures(b: _Builder, trainer: TrainerJob, pods: Mapping[str, PodState]) -> None:
+    """restarts, lastFailure and one Warning event for each failed attempt the job has not reported."""
+    # restarts: failures that led to another pod (the one that failed the Job did not)
+    b.status["restarts"] = max(0, trainer.failed - (1 if trainer.failure is not None else 0))
+    last = _newest(pods, live=False)
+    if last is None or last.phase != "Failed":
+        return
+    recorded = b.job.status.get("lastFailure") or {}
+    if recorded.get("pod") == last.name:
+        return
+    reason, message = _failure_text(last)
+    if last.not_counted:
+        reason = cond.POD_DISRUPTED
+        message = f"{last.disrupted or 'terminated by SIGTERM'}: {message}"
+    b.status["lastFailure"] = {
+        "pod": last.name,
+        "reason": reason,
+        "message": cond.cap(message),
+        "exitCode": last.exit_code,
+        "time": iso(b.now),
+    }
+    b.events.append(("Warning", cond.POD_DISRUPTED if last.not_counted else cond.POD_FAILED,
+                     cond.cap(f"pod {last.name}: {reason}: {message}")))  # fmt: skip
+
+
+def _failed(b: _Builder, trainer: TrainerJob, pods: Mapping[str, PodState]) -> Decision:
+    """The Job failed: say why in the FineTuneJob's words, with the last attempt's own message."""
+    job_reason, job_message = trainer.failure or ("", "")
+    last = _newest(pods, live=False)
+    reason, message = _failure_text(last) if last is not None else ("Error", job_message)
+    attempt = last.name if last is not None else trainer.name
+    invalid = last is not None and last.exit_code == contract.EXIT_INVALID_INPUT
+    if job_reason == "PodFailurePolicy" and invalid:
+        why, text = cond.INVALID_INPUT, f"the trainer rejected its input (not retried): {message}"
+    elif job_reason == "BackoffLimitExceeded":
+        why = cond.OOM_KILLED if reason == cond.OOM_KILLED else cond.BACKOFF_LIMIT_EXCEEDED
+        limit = b.job.spec.backoff_limit
+        text = f"backoffLimit ({limit}) reached; last attempt {attempt}: {reason}: {message}"
+    elif job_reason == "DeadlineExceeded":
+        deadline = b.job.spec.active_deadline_seconds
+        why, text = cond.DEADLINE_EXCEEDED, f"the job was active for activeDeadlineSeconds={deadline}"
+    else:
+        why, text = job_reason or "Failed", f"Job {trainer.name} failed: {job_message}"
+    b.status["completionTime"] = iso(b.now)
+    b.status["pod"] = None
+    b.phase("Failed", text, why if why != cond.OOM_KILLED else cond.BACKOFF_LIMIT_EXCEEDED, warning=True)
+    b.condition(cond.FAILED, True, why, text)
+    return b.result()
+
+
+def _follow_queue(b: _Builder, trainer: TrainerJob, workload: WorkloadState | None) -> None:
+    """Admitted, or Queued with Kueue's own words (and Preempted when Kueue took the job back)."""
+    queue = {"name": trainer.queue or ""}
+    if workload is not None:
+        queue |= {"clusterQueue": workload.cluster_queue, "flavor": workload.flavor}
+        queue["workload"] = workload.name
+        queue = {k: v for k, v in queue.items() if v}
+    b.status["queue"] = queue
+    where = f"LocalQueue {trainer.queue}"
+    if workload is not None and workload.admitted and not trainer.suspended:
+        on = f" on flavor {workload.flavor}" if workload.flavor else ""
+        b.admission = f"admitted by ClusterQueue {workload.cluster_queue}{on}"
+        before = cond.get_condition(b.conditions, cond.ADMITTED) or {}
+        b.condition(cond.ADMITTED, True, cond.KUEUE_ADMITTED, b.admission)
+        if before.get("status") != "True":
+            b.events.append(("Normal", cond.KUEUE_ADMITTED, f"{b.admission} (LocalQueue {trainer.queue})"))
+        if trainer.gpu_product:
+            gpu = dict(b.job.status.get("gpu") or {})
+            memory = next((c.get("memoryBytes") for c in gpu.get("candidates") or []
+                           if c.get("product") == trainer.gpu_product), None)  # fmt: skip
+            gpu.update(product=trainer.gpu_product, **({"memoryBytes": memory} if memory else {}))
+            b.status["gpu"] = gpu
+        return
+    if workload is None:
+        text = f"queued in {where}: waiting for Kueue to make a Workload for Job {trainer.name}"
+        reason = cond.QUEUED
+    elif workload.evicted is not None and workload.evicted[0] != "Deactivated":
+        reason = cond.PREEMPTED
+        text = (
+            f"{workload.evicted[0].lower()} by Kueue ({workload.evicted[1]}); queued again in {where}, "
+            f"the job resumes from its latest checkpoint once readmitted"
+        )
+    else:
+        reason = cond.QUEUED
+        text = f"queued in {where}" + (f": {workload.waiting}" if workload.waiting else "")
+    b.condition(cond.ADMITTED, False, reason, cond.cap(text))
+    if trainer.suspended:
+        b.status["pod"] = None
+        b.status["node"] = None
+        b.phase("Queued", text, reason, warning=reason == cond.PREEMPTED)
+
+
+def _follow_pod(b: _Builder, pod: PodState) -> None:
+    job = b.job
+    if pod.node:
+        b.status["node"] = pod.node
+        b.condition(cond.SCHEDULED, True, cond.POD_BOUND, f"pod {pod.name} is bound to node {pod.node}")
+    else:
+        waiting = f"pod {pod.name} waits for a node"
+        if pod.unschedulable:  # e.g. an unbound claim, GPUs held by others, a taint not tolerated
+            waiting += f": {pod.unschedulable}"
+        b.condition(cond.SCHEDULED, False, cond.WAITING_FOR_NODE, waiting)
+        if pod.unschedulable and job.phase == "Scheduling":
+            b.status["message"] = cond.cap(waiting)
+    if pod.phase == "Running" and job.phase not in (*TRAINER_PHASES, "Initializing"):
+        b.phase("Initializing", f"pod {pod.name} is running on {pod.node}", cond.POD_BOUND)
+    elif pod.phase != "Running" and job.phase in ("", "Pending", "Queued", "Suspended"):
+        b.phase("Scheduling", f"{b.admission + '; ' if b.admission else ''}pod {pod.name} created",
+                cond.POD_CREATED)  # fmt: skip
+
+
+def _quota(b: _Builder, message: str) -> None:
+    """A ResourceQuota refused the trainer pod: the job waits (Pending), saying the quota's words.
+
+    The Job controller keeps trying (with its backoff); no attempt is counted. The Warning event is
+    sent once per wait, not per try.
+    """
+    text = f"the namespace's ResourceQuota refused the trainer pod; waiting for room: {message}"
+    previous = next((c for c in b.conditions if c.get("type") == cond.SCHEDULED), {})
+    b.condition(cond.SCHEDULED, False, cond.QUOTA_EXCEEDED, cond.cap(text))
+    b.phase("Pending", text, cond.QUOTA_EXCEEDED, warning=True)
+    if previous.get("reason") == cond.QUOTA_EXCEEDED:
+        b.events = [e for e in b.events if e[1] != cond.QUOTA_EXCEEDED]
+    elif not any(e[1] == cond.QUOTA_EXCEEDED for e in b.events):
+        b.events.append(("Warning", cond.QUOTA_EXCEEDED, cond.cap(text)))
+
+
+def quota_wait(job: FineTuneJob, message: str, now: dt.datetime) -> Decision:
+    """Creating the trainer Job itself was refused by a ResourceQuota (e.g. on count/jobs.batch)."""
+    b = _Builder(job, now)
+    _quota(b, message)
+    return b.result()
+
+
+def _create(b: _Builder, job: FineTuneJob, inputs: Inputs | None, settings: Settings, lost: bool) -> Decision:
+    """Validates, places and plans the trainer Job."""
+    spec = job.spec
     if inputs is None:  # the caller did not expect a placement: decide on the next tick
         return b.result()
-
-    # --- validate and place
     if inputs.invalid_reason or inputs.shape is None:
         reason = inputs.invalid_reason or cond.MODEL_CONFIG_UNAVAILABLE
         b.condition(cond.VALIDATED, False, reason, inputs.invalid_message)
@@ -280,7 +482,8 @@ def decide(
         node_selector=res.node_selector,
         min_memory_bytes=min_memory,
     )
-    choice = pl.choose(classes, estimates, spec.method, gpu_count=res.gpus, margin=settings.memory_margin)
+    choice = pl.choose(classes, estimates, spec.method, gpu_count=res.gpus, margin=settings.memory_margin,
+                       queued=inputs.queue is not None)  # fmt: skip
     vram = choice.estimate.to_dict() if choice.estimate else {}
     vram["profile"] = "configured"
     vram["reason"] = choice.message
@@ -290,17 +493,17 @@ def decide(
         b.phase("Pending", choice.message, choice.reason, warning=True)
         return b.result(placement=choice)
     b.condition(cond.SCHEDULABLE, True, cond.GPU_FITS, choice.message)
-    gpu = choice.gpu_class
-    b.status["gpu"] = {"product": gpu.product, "memoryBytes": gpu.memory_bytes, "count": res.gpus}
-    seq = int(job.status.get("podsCreated") or 0)
-    while resources.pod_name(job, seq) in pods:  # a pod of that name is still terminating
-        seq += 1
+    # queued: every class that fits, Kueue picks the flavor; else the one class chosen here
+    allowed = choice.fitting if inputs.queue else (choice.gpu_class,)
+    gpu: dict[str, Any] = {"count": res.gpus}
+    if len(allowed) == 1:
+        gpu |= {"product": allowed[0].product, "memoryBytes": allowed[0].memory_bytes}
+    if inputs.queue:
+        gpu["candidates"] = [{"product": c.product, "memoryBytes": c.memory_bytes} for c in allowed]
+    b.status["gpu"] = gpu
     plan = Plan(
-        attempt=seq,
         method=choice.method,
-        gpu_product=gpu.product,
-        gpu_node_selectors=gpu.node_selectors,
-        gpu_memory_bytes=gpu.memory_bytes,
+        gpu_classes=tuple(allowed),
         gpu_count=res.gpus,
         estimate=estimates[choice.method],
         profiles=est.estimate_profiles(inputs.shape, est.Setup.from_spec(spec, choice.method)),
@@ -308,73 +511,23 @@ def decide(
         endpoint=spec.storage.endpoint or settings.default_storage_endpoint,
         bucket=spec.storage.bucket or settings.default_bucket,
         has_hf_token=inputs.has_hf_token,
+        queue=inputs.queue,
         settings=settings,
     )
-    pod_name = resources.pod_name(job, seq)
-    b.status.update(pod=pod_name, podsCreated=seq + 1, nextRetryTime=None, node=None)
-    b.status.setdefault("startTime", job.status.get("startTime") or iso(now))
-    b.status.setdefault("activeSince", job.status.get("activeSince") or b.status["startTime"])
-    b.condition(cond.SCHEDULED, False, cond.WAITING_FOR_NODE, f"pod {pod_name} created, waiting for a node")
-    b.phase("Scheduling", f"pod {pod_name} created; {choice.message}", cond.POD_CREATED)
+    name = resources.trainer_job_name(job)
+    b.status.update(trainerJob=name, pod=None, node=None)
+    b.status.setdefault("startTime", job.status.get("startTime") or iso(b.now))
+    if lost:
+        b.events.append(("Warning", cond.TRAINER_JOB_LOST, f"Job {name} was gone; created it again"))
+    if inputs.queue:
+        text = f"Job {name} created in LocalQueue {inputs.queue}; Kueue admits it; {choice.message}"
+        b.status["queue"] = {"name": inputs.queue}
+        b.condition(cond.ADMITTED, False, cond.QUEUED, f"queued in LocalQueue {inputs.queue}")
+        b.phase("Queued", text, cond.JOB_CREATED)
+    else:
+        b.condition(cond.SCHEDULED, False, cond.WAITING_FOR_NODE, f"Job {name} created, waiting for a node")
+        b.phase("Scheduling", f"Job {name} created; {choice.message}", cond.JOB_CREATED)
     return b.result(create=plan, placement=choice)
-
-
-def quota_wait(job: FineTuneJob, message: str, now: dt.datetime) -> Decision:
-    """The trainer pod was refused by a ResourceQuota: the job waits (Pending), saying the quota's words.
-
-    No attempt is counted and nothing is recorded as created; every tick tries again, so the pod
-    is made as soon as the quota has room. The Warning event is sent once per wait, not per try.
-    """
-    b = _Builder(job, now)
-    text = f"the namespace's ResourceQuota refused the trainer pod; waiting for room: {message}"
-    previous = next((c for c in b.conditions if c.get("type") == cond.SCHEDULED), {})
-    b.condition(cond.SCHEDULED, False, cond.QUOTA_EXCEEDED, cond.cap(text))
-    b.phase("Pending", text, cond.QUOTA_EXCEEDED, warning=True)
-    if previous.get("reason") == cond.QUOTA_EXCEEDED:
-        b.events.clear()
-    elif not b.events:  # already Pending for another reason: the wait for quota is news
-        b.events.append(("Warning", cond.QUOTA_EXCEEDED, cond.cap(text)))
-    return b.result()
-
-
-def _after_failure(b: _Builder, pod: PodState, fail: Any, settings: Settings) -> Decision:
-    """A failed or lost attempt: retry with backoff, or fail the job."""
-    job = b.job
-    reason, message = _failure_text(pod)
-    b.status["lastFailure"] = {
-        "pod": pod.name,
-        "reason": reason,
-        "message": cond.cap(message),
-        "exitCode": pod.exit_code,
-        "time": iso(b.now),
-    }
-    b.status["pod"] = None
-    b.status["node"] = None
-    if pod.exit_code == contract.EXIT_INVALID_INPUT:
-        return fail(cond.INVALID_INPUT, f"the trainer rejected its input (not retried): {message}")  # type: ignore[no-any-return]
-    if job.restarts >= job.spec.backoff_limit:
-        text = (
-            f"backoffLimit ({job.spec.backoff_limit}) reached; last attempt {pod.name}: {reason}: {message}"
-        )
-        decision: Decision = fail(cond.BACKOFF_LIMIT_EXCEEDED, text)
-        if reason == cond.OOM_KILLED:
-            decision.status["conditions"] = cond.set_condition(
-                decision.status["conditions"], cond.FAILED, True, cond.OOM_KILLED, text,
-                generation=job.generation, now=iso(b.now),
-            )  # fmt: skip
-        return decision
-    restarts = job.restarts + 1
-    delay = backoff_seconds(restarts, settings)
-    b.status["restarts"] = restarts
-    b.status["nextRetryTime"] = iso(b.now + dt.timedelta(seconds=delay))
-    text = (
-        f"attempt {pod.name} failed ({reason}: {message}); retry {restarts}/{job.spec.backoff_limit} "
-        f"in {delay:.0f}s from the latest checkpoint"
-    )
-    b.condition(cond.SCHEDULED, False, cond.BACKOFF, text)
-    b.phase("Pending", text, reason, warning=True)
-    b.events.append(("Warning", cond.POD_FAILED, cond.cap(text)))
-    return b.result()
 
 
 _SUFFIX = {

@@ -19,7 +19,6 @@ from .api import FineTuneJob
 from .modelconfig import shape_to_dict
 from .plan import Plan
 
-LABEL_ATTEMPT = "kubeft.io/attempt"
 CONFIG_VOLUME = "job-config"
 WORK_VOLUME = "work"
 SHM_VOLUME = "dshm"
@@ -35,9 +34,9 @@ def config_map_name(job: FineTuneJob) -> str:
     return f"{job.name}-config"
 
 
-def pod_name(job: FineTuneJob, attempt: int) -> str:
-    """Name of the trainer pod of one attempt (0 for the first)."""
-    return f"{job.name}-trainer-{attempt}"
+def trainer_job_name(job: FineTuneJob) -> str:
+    """Name of the batch/v1 Job that runs the trainer (its pods are ``<name>-0-<random>``)."""
+    return f"{job.name}-trainer"
 
 
 def labels(job: FineTuneJob) -> dict[str, str]:
@@ -111,9 +110,20 @@ def trainer_config(job: FineTuneJob, plan: Plan) -> dict[str, Any]:
     """
     spec = job.spec.model_dump(by_alias=True, mode="json", exclude_none=True)
     spec["method"] = plan.method
+    if plan.method == "full":  # LoRA settings (their defaults, or auto's) mean nothing to full training
+        spec.get("hyperparameters", {}).pop("lora", None)
     spec["storage"]["endpoint"] = plan.endpoint
     spec["storage"]["bucket"] = plan.bucket
     spec["export"] = {"formats": list(job.spec.export_formats(plan.method))}
+    # the GPU classes the pod may land on (Kueue picks one when queued); the trainer plans for the
+    # least memory among them
+    placement: dict[str, Any] = {
+        "gpuProducts": list(plan.gpu_products),
+        "gpuMemoryBytes": plan.gpu_memory_bytes,
+        "gpuCount": plan.gpu_count,
+    }
+    if len(plan.gpu_products) == 1:
+        placement["gpuProduct"] = plan.gpu_products[0]
     estimate = plan.estimate_doc()
     if plan.shape is not None:
         estimate["modelShape"] = shape_to_dict(plan.shape)
@@ -121,13 +131,8 @@ def trainer_config(job: FineTuneJob, plan: Plan) -> dict[str, Any]:
         "apiVersion": contract.TRAINER_CONFIG_API_VERSION,
         "kind": contract.TRAINER_CONFIG_KIND,
         "job": {"name": job.name, "namespace": job.namespace, "uid": job.uid},
-        "attempt": plan.attempt,
         "spec": spec,
-        "placement": {
-            "gpuProduct": plan.gpu_product,
-            "gpuMemoryBytes": plan.gpu_memory_bytes,
-            "gpuCount": plan.gpu_count,
-        },
+        "placement": placement,
         "estimate": estimate,
     }
 
@@ -205,8 +210,11 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
 
 
 def _affinity(plan: Plan) -> client.V1Affinity:
-    """Nodes of the chosen GPU class: one term per label that names their GPU (terms are ORed)."""
-    selectors = plan.gpu_node_selectors or {contract.LABEL_GPU_PRODUCT: (plan.gpu_product,)}
+    """Nodes of the allowed GPU classes: one term per label that names their GPU (terms are ORed).
+
+    Kueue's flavor assignment reads the same requirement: a ResourceFlavor whose nodeLabels
+    (GFD's product label) it excludes is never assigned, so Kueue picks among these classes."""
+    selectors = plan.gpu_node_selectors
     terms = []
     for label, values in selectors.items():
         exprs = [client.V1NodeSelectorRequirement(key=label, operator="In", values=list(values))]
@@ -243,8 +251,8 @@ def _tolerations(job: FineTuneJob) -> list[client.V1Toleration]:
     return out
 
 
-def get_pod(job: FineTuneJob, plan: Plan) -> client.V1Pod:
-    """The trainer pod of ``plan.attempt``: pinned to the chosen GPU class, non-root, own SA only."""
+def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
+    """The trainer pod: on the allowed GPU classes, non-root, its own ServiceAccount only."""
     res = job.spec.resources
     gpu = str(res.gpus)
     limits: dict[str, str] = {contract.RESOURCE_GPU: gpu}
@@ -278,15 +286,13 @@ def get_pod(job: FineTuneJob, plan: Plan) -> client.V1Pod:
             capabilities=client.V1Capabilities(drop=["ALL"]),
         ),
     )
-    pod_labels = {
-        contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER,
-        LABEL_ATTEMPT: str(plan.attempt),
-    }
-    return client.V1Pod(
-        metadata=_meta(job, pod_name(job, plan.attempt), pod_labels),
+    return client.V1PodTemplateSpec(
+        metadata=client.V1ObjectMeta(
+            labels=labels(job) | {contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER},
+        ),
         spec=client.V1PodSpec(
             containers=[container],
-            restart_policy="Never",  # retries are the operator's (backoff, exit-code policy, restarts count)
+            restart_policy="Never",  # retries are the Job's: a new pod, its pod failure policy, backoffLimit
             service_account_name=trainer_name(job),
             automount_service_account_token=True,  # the trainer patches its job's status with it
             enable_service_links=False,
@@ -315,5 +321,66 @@ def get_pod(job: FineTuneJob, plan: Plan) -> client.V1Pod:
                 ),
                 *claim_volumes,
             ],
+        ),
+    )
+
+
+def pod_failure_policy() -> client.V1PodFailurePolicy:
+    """What a failed trainer pod means for the Job.
+
+    - DisruptionTarget (preemption, eviction, node drain, taint manager): ignored, no retry used up;
+    - exit code 143 (SIGTERM, after the trainer saved a final checkpoint): ignored, likewise;
+    - exit code 2 (the trainer rejected its input): the Job fails at once, retrying cannot help;
+    - anything else (OOMKilled included) counts against backoffLimit.
+    """
+    return client.V1PodFailurePolicy(
+        rules=[
+            client.V1PodFailurePolicyRule(
+                action="Ignore",
+                on_pod_conditions=[
+                    client.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")
+                ],
+            ),
+            client.V1PodFailurePolicyRule(
+                action="Ignore",
+                on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
+                    container_name=contract.TRAINER_CONTAINER, operator="In",
+                    values=[contract.EXIT_TERMINATED],
+                ),
+            ),
+            client.V1PodFailurePolicyRule(
+                action="FailJob",
+                on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
+                    container_name=contract.TRAINER_CONTAINER, operator="In",
+                    values=[contract.EXIT_INVALID_INPUT],
+                ),
+            ),
+        ]
+    )  # fmt: skip
+
+
+def get_trainer_job(job: FineTuneJob, plan: Plan) -> client.V1Job:
+    """The batch/v1 Job that runs the trainer: Indexed, one completion (one index per node later).
+
+    In a queue it is created suspended with Kueue's queue-name label: Kueue admits it (and may
+    suspend it again to preempt it). ``activeDeadlineSeconds`` is the Job's: its clock starts when
+    the Job starts and starts again after every suspension, so time queued or suspended is not
+    counted. A replacement pod is only made once the failed one has fully stopped
+    (``podReplacementPolicy: Failed``): two trainers never write the same checkpoints.
+    """
+    spec = job.spec
+    extra = {contract.LABEL_QUEUE_NAME: plan.queue} if plan.queue else {}
+    return client.V1Job(
+        metadata=_meta(job, trainer_job_name(job), extra),
+        spec=client.V1JobSpec(
+            completion_mode="Indexed",
+            completions=1,
+            parallelism=1,
+            backoff_limit=spec.backoff_limit,
+            active_deadline_seconds=spec.active_deadline_seconds,
+            pod_failure_policy=pod_failure_policy(),
+            pod_replacement_policy="Failed",
+            suspend=bool(plan.queue) or spec.suspend,
+            template=get_pod_template(job, plan),
         ),
     )

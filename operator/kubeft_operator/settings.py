@@ -29,9 +29,9 @@ class Settings(BaseModel):
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     # required GPU memory = estimate × (1 + margin)
     memory_margin: float = Field(default=est.PLACEMENT_MARGIN, ge=0)
-    # exponential backoff between attempts: base × 2^(restarts-1), capped
-    backoff_base_seconds: float = Field(default=10.0, ge=0)
-    backoff_max_seconds: float = Field(default=300.0, ge=0)
+    # the Kueue LocalQueue a job without spec.queueName goes to, when its namespace has one of this
+    # name (Kueue's own convention); else such a job's trainer Job runs without a queue
+    default_queue_name: str = "default"
     # SIGTERM (preemption, eviction, deletion) gives the trainer this long to save and upload its
     # final checkpoint: the floor plus twice (write, then upload) the checkpoint at this rate
     termination_grace_floor_seconds: int = Field(default=120, ge=0)

@@ -54,7 +54,10 @@ def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def placed(status: dict[str, Any]) -> bool:
-    return conditions(status).get("Schedulable", {}).get("status") == "True" and bool(status.get("gpu"))
+    """Placed on a GPU: the namespace has a Kueue queue, so once Kueue admitted it on a flavor."""
+    return conditions(status).get("Schedulable", {}).get("status") == "True" and bool(
+        (status.get("gpu") or {}).get("product")
+    )
 
 
 @pytest.mark.parametrize(

@@ -128,10 +128,9 @@ def credentials(core_v1: Any, namespace: str, stack: Any) -> dict[str, str]:
 
 @pytest.fixture()
 def operator_env(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Environment of an operator run against the stack: fast ticks, short backoff, the fake trainer."""
+    """Environment of an operator run against the stack: fast ticks, the fake trainer."""
     monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
     monkeypatch.setenv("KUBEFT_RECONCILE_INTERVAL_SECONDS", "1")
-    monkeypatch.setenv("KUBEFT_BACKOFF_BASE_SECONDS", "1")
     monkeypatch.setenv("KUBEFT_METRICS_PORT", "0")
     monkeypatch.setenv("KUBEFT_LIVENESS_PORT", "0")
     monkeypatch.setenv("KUBEFT_DEFAULT_STORAGE_ENDPOINT", stack.minio_endpoint)
@@ -164,5 +163,17 @@ def run_operator(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, obj["metadata"]["name"],
             {"metadata": {"finalizers": None}},
         )  # fmt: skip
+    batch = client.BatchV1Api(core_v1.api_client)
+    for job in batch.list_namespaced_job(namespace).items:
+        batch.delete_namespaced_job(job.metadata.name, namespace, propagation_policy="Background")
+    from kubernetes.client.rest import ApiException
+
     for pod in core_v1.list_namespaced_pod(namespace).items:
-        core_v1.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+        try:
+            # the Job controller's tracking finalizer would keep a deleted pod (and its GPUs) a while
+            if pod.metadata.finalizers:
+                core_v1.patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"finalizers": None}})
+            core_v1.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

@@ -14,7 +14,15 @@ import pytest
 from kubeft_operator import conditions as cond
 from kubeft_operator import placement as pl
 from kubeft_operator.api import FineTuneJob
-from kubeft_operator.reconcile import Inputs, PodState, decide, quota_wait
+from kubeft_operator.reconcile import (
+    Inputs,
+    Observed,
+    PodState,
+    TrainerJob,
+    WorkloadState,
+    decide,
+    quota_wait,
+)
 from kubeft_operator.settings import Settings
 
 from kubeft import contract
@@ -31,7 +39,13 @@ GPU_NODE = {
     },
 }
 CLASSES = pl.gpu_classes(pl.gpu_nodes([GPU_NODE], []))
-RUNNING = {"phase": "Training", "pod": "j-trainer-0", "podsCreated": 1, "startTime": "2026-11-30T11:00:00Z"}
+RUNNING = {
+    "phase": "Training",
+    "trainerJob": "j-trainer",
+    "pod": "j-trainer-0-x",
+    "startTime": "2026-11-30T11:00:00Z",
+}
+NONE = Observed()
 
 
 def job(status: dict[str, Any] | None = None, **spec: Any) -> FineTuneJob:
@@ -61,7 +75,7 @@ def health(status: dict[str, Any], generation: int = 1) -> tuple[str, str]:
 
 def placed() -> dict[str, Any]:
     return decide(
-        job(), {}, Inputs(classes=CLASSES, shape=est.known_shape("llama-3.2-1b")), Settings(), NOW
+        job(), NONE, Inputs(classes=CLASSES, shape=est.known_shape("llama-3.2-1b")), Settings(), NOW
     ).status
 
 
@@ -74,21 +88,32 @@ def statuses() -> dict[str, tuple[dict[str, Any], str, str]]:
     later = Inputs(
         invalid_reason=cond.DATASET_NOT_FOUND, invalid_message="s3://data/train.jsonl does not exist yet"
     )
-    ok = PodState("j-trainer-0", "Succeeded", "node-1")
-    bad = PodState("j-trainer-0", "Failed", "node-1", exit_code=2, message="dataset has no usable row")
+    ok = PodState("j-trainer-0-x", "Succeeded", "node-1")
+    bad = PodState("j-trainer-0-x", "Failed", "node-1", exit_code=2, message="dataset has no usable row")
+    done = Observed(TrainerJob("j-trainer", complete=True), {ok.name: ok})
+    failed = Observed(
+        TrainerJob("j-trainer", failed=1, failure=("PodFailurePolicy", "exit code 2")), {bad.name: bad}
+    )
+    waiting = WorkloadState(
+        "wl", waiting="insufficient unused quota for nvidia.com/gpu in flavor l4, 1 more needed"
+    )
+    queued = Observed(TrainerJob("j-trainer", suspended=True, queue="team-a"), {}, waiting)
     quota = "exceeded quota: gpus, requested: requests.nvidia.com/gpu=1"
+
+    def status(j: FineTuneJob, observed: Observed, inputs: Inputs | None = None) -> dict[str, Any]:
+        return decide(j, observed, inputs, Settings(), NOW).status
+
     return {
         "placed": (placed(), "Progressing", "Scheduling"),
-        "nothing fits": (decide(job(method="full"), {}, huge, Settings(), NOW).status, "Degraded",
-                         "InsufficientGPUMemory"),
-        "secret missing": (decide(job(), {}, secret, Settings(), NOW).status, "Degraded", "SecretNotFound"),
-        "dataset not there yet": (decide(job(), {}, later, Settings(), NOW).status, "Progressing", "Pending"),
+        "nothing fits": (status(job(method="full"), NONE, huge), "Degraded", "InsufficientGPUMemory"),
+        "secret missing": (status(job(), NONE, secret), "Degraded", "SecretNotFound"),
+        "dataset not there yet": (status(job(), NONE, later), "Progressing", "Pending"),
         "quota": (quota_wait(job(), quota, NOW).status, "Progressing", "exceeded quota"),
-        "succeeded": (decide(job(status=RUNNING), {ok.name: ok}, None, Settings(), NOW).status, "Healthy",
-                      "completed"),
-        "failed": (decide(job(status=RUNNING), {bad.name: bad}, None, Settings(), NOW).status, "Degraded",
-                   "InvalidInput"),
-        "suspended": (decide(job(suspend=True), {}, None, Settings(), NOW).status, "Suspended", "suspended"),
+        "succeeded": (status(job(status=RUNNING), done), "Healthy", "completed"),
+        "failed": (status(job(status=RUNNING), failed), "Degraded", "InvalidInput"),
+        "queued": (status(job(status={"phase": "Queued", "trainerJob": "j-trainer"}), queued), "Progressing",
+                   "Queued: queued in LocalQueue team-a: insufficient"),
+        "suspended": (status(job(suspend=True), NONE), "Suspended", "suspended"),
     }  # fmt: skip
 
 

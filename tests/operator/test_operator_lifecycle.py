@@ -270,18 +270,22 @@ def test_failed_pods_are_retried_with_backoff_then_the_job_fails_after_the_limit
 ) -> None:
     with run_operator() as runner:
         jobs.create(ftj.job_manifest("fail-retry", backoffLimit=2))
-        ftj.wait_for(lambda: phase(jobs, "fail-retry") == "Failed", timeout=90, what="Failed")
+        # the Job controller's own backoff between attempts: 10 s, then 20 s
+        ftj.wait_for(lambda: phase(jobs, "fail-retry") == "Failed", timeout=120, what="Failed")
     assert runner.exception is None
     status = jobs.get("fail-retry")["status"]
-    assert status["restarts"] == 2
+    assert status["restarts"] == 2 and status["trainerJob"] == "fail-retry-trainer"
     cond = ftj.condition(jobs.get("fail-retry"), "Failed")
     assert cond["reason"] == "BackoffLimitExceeded"
     assert "simulated trainer crash" in cond["message"]
-    assert [p.metadata.name for p in job_pods(core_v1, jobs.ns, "fail-retry")] == [
-        "fail-retry-trainer-0", "fail-retry-trainer-1", "fail-retry-trainer-2",
-    ]  # fmt: skip
+    # the Job controller made the three attempts, each pod of the one Job
+    pods = job_pods(core_v1, jobs.ns, "fail-retry")
+    assert len(pods) == 3 and {p.metadata.owner_references[0].name for p in pods} == {"fail-retry-trainer"}
+    assert all(p.status.phase == "Failed" for p in pods)
+    trainer_job = client.BatchV1Api(core_v1.api_client).read_namespaced_job("fail-retry-trainer", jobs.ns)
+    assert trainer_job.status.failed == 3 and trainer_job.spec.backoff_limit == 2
     reasons = [e.reason for e in events(core_v1, jobs.ns, "fail-retry")]
-    assert reasons.count("PodFailed") == 2 and "BackoffLimitExceeded" in reasons
+    assert reasons.count("PodFailed") >= 2 and "BackoffLimitExceeded" in reasons
 
 
 def test_out_of_memory_failure_says_so_and_suggests_a_fix(
@@ -342,14 +346,16 @@ def test_invalid_input_is_not_retried_and_success_completes(
 def test_operator_restart_mid_reconcile_never_makes_a_second_pod(
     jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, custom_objects: Any, ftj: Any
 ) -> None:
+    batch = client.BatchV1Api(core_v1.api_client)
     with run_operator():
         jobs.create(ftj.job_manifest("restart"))
         ftj.wait_for(lambda: job_pods(core_v1, jobs.ns, "restart"), what="the pod")
         ftj.wait_for(lambda: (jobs.get("restart").get("status") or {}).get("pod"), what="status.pod")
-    # the operator died after creating the pod but before recording it
+    first = job_pods(core_v1, jobs.ns, "restart")[0].metadata.uid
+    # the operator died after creating the Job but before recording it
     custom_objects.patch_namespaced_custom_object_status(
         contract.GROUP, contract.VERSION, jobs.ns, contract.PLURAL, "restart",
-        [{"op": "remove", "path": "/status/pod"}, {"op": "remove", "path": "/status/podsCreated"},
+        [{"op": "remove", "path": "/status/pod"}, {"op": "remove", "path": "/status/trainerJob"},
          {"op": "replace", "path": "/status/phase", "value": "Pending"}],
         _content_type="application/json-patch+json",
     )  # fmt: skip
@@ -359,8 +365,9 @@ def test_operator_restart_mid_reconcile_never_makes_a_second_pod(
     with run_operator():  # and a plain restart changes nothing
         ftj.wait_for(lambda: phase(jobs, "restart") == "Initializing", what="Initializing")
     assert runner.exception is None
-    assert [p.metadata.name for p in job_pods(core_v1, jobs.ns, "restart")] == ["restart-trainer-0"]
-    assert jobs.get("restart")["status"]["podsCreated"] == 1
+    assert [p.metadata.uid for p in job_pods(core_v1, jobs.ns, "restart")] == [first]
+    assert [j.metadata.name for j in batch.list_namespaced_job(jobs.ns).items] == ["restart-trainer"]
+    assert jobs.get("restart")["status"]["trainerJob"] == "restart-trainer"
 
 
 def test_suspend_stops_the_pod_and_resume_starts_a_new_one(
@@ -373,27 +380,33 @@ def test_suspend_stops_the_pod_and_resume_starts_a_new_one(
             if not p.metadata.deletion_timestamp
         ]
 
+    batch = client.BatchV1Api(core_v1.api_client)
     deadline = 15
     with run_operator() as runner:
         jobs.create(ftj.job_manifest("pausable", activeDeadlineSeconds=deadline))
         ftj.wait_for(lambda: phase(jobs, "pausable") == "Initializing", what="Initializing")
+        first = live()
         jobs.patch("pausable", {"spec": {"suspend": True}})
         ftj.wait_for(lambda: phase(jobs, "pausable") == "Suspended", what="Suspended")
         ftj.wait_for(lambda: live() == [], what="the pod to be deleted")
         assert ftj.condition(jobs.get("pausable"), "Suspended")["status"] == "True"
+        assert batch.read_namespaced_job("pausable-trainer", jobs.ns).spec.suspend is True
         # the deadline passes while suspended: its clock stands still (the operator reconciles every 1 s)
-        started = dt.datetime.fromisoformat(jobs.get("pausable")["status"]["startTime"])
-        time.sleep(max(0.0, (started - dt.datetime.now(dt.UTC)).total_seconds() + deadline + 3))
+        suspended_at = dt.datetime.now(dt.UTC)
+        time.sleep(deadline + 3)
         assert phase(jobs, "pausable") == "Suspended"
         jobs.patch("pausable", {"spec": {"suspend": False}})
-        ftj.wait_for(lambda: live() == ["pausable-trainer-1"], what="a new pod")
+        ftj.wait_for(lambda: len(live()) == 1 and live() != first, what="a new pod")
         ftj.wait_for(lambda: phase(jobs, "pausable") in ("Scheduling", "Initializing"), what="resumed phase")
     assert runner.exception is None
     status = jobs.get("pausable")["status"]
     assert ftj.condition(jobs.get("pausable"), "Suspended")["status"] == "False"
+    # the suspended pod's SIGTERM (exit 143) cost no retry
     assert (status.get("restarts") or 0) == 0
-    # the deadline counts again from the resume
-    assert dt.datetime.fromisoformat(status["activeSince"]) >= started + dt.timedelta(seconds=deadline)
+    # the deadline counts again from the resume: the Job's clock started again
+    trainer_job = batch.read_namespaced_job("pausable-trainer", jobs.ns)
+    assert trainer_job.status.start_time >= suspended_at + dt.timedelta(seconds=deadline)
+    assert not trainer_job.status.failed
 
 
 def test_deleting_the_job_deletes_everything_it_owns(
@@ -405,6 +418,7 @@ def test_deleting_the_job_deletes_everything_it_owns(
         jobs.create(ftj.job_manifest("doomed"))
         ftj.wait_for(lambda: job_pods(core_v1, ns, "doomed"), what="the pod")
         assert core_v1.read_namespaced_config_map("doomed-config", ns)
+        assert client.BatchV1Api(api_client).read_namespaced_job("doomed-trainer", ns)
         assert rbac.read_namespaced_role("doomed-trainer", ns).rules[0].resource_names == ["doomed"]
         jobs.delete("doomed")
 
@@ -425,6 +439,7 @@ def test_deleting_the_job_deletes_everything_it_owns(
                 ).items,
                 rbac.list_namespaced_role(ns, label_selector=f"{contract.LABEL_JOB}=doomed").items,
                 rbac.list_namespaced_role_binding(ns, label_selector=f"{contract.LABEL_JOB}=doomed").items,
+                client.BatchV1Api(api_client).list_namespaced_job(ns).items,
                 [p for p in job_pods(core_v1, ns, "doomed") if not p.metadata.deletion_timestamp],
             ]
             return not any(leftovers)
@@ -458,6 +473,7 @@ def test_secret_values_never_appear_in_any_object_the_operator_writes(
         *core_v1.list_namespaced_config_map(ns).items, *core_v1.list_namespaced_pod(ns).items,
         *core_v1.list_namespaced_event(ns).items, *core_v1.list_namespaced_service_account(ns).items,
         *rbac.list_namespaced_role(ns).items, *rbac.list_namespaced_role_binding(ns).items,
+        *client.BatchV1Api(api_client).list_namespaced_job(ns).items,
     ]  # fmt: skip
     text = json.dumps(api_client.sanitize_for_serialization(written))
     encoded = [base64.b64encode(v.encode()).decode() for v in values.values()]
@@ -484,6 +500,7 @@ def test_a_resource_quota_refusal_is_a_condition_with_the_quotas_message_until_t
             c = ftj.condition(jobs.get("over-quota"), "Scheduled")
             return c if c and c["reason"] == "QuotaExceeded" else None
 
+        # the Job controller's pod create is refused: its FailedCreate event, read back as a condition
         scheduled = ftj.wait_for(refused, what="a QuotaExceeded condition")
         assert scheduled["status"] == "False"
         # the quota's own words, in the condition, the status message and one Warning event
@@ -491,12 +508,13 @@ def test_a_resource_quota_refusal_is_a_condition_with_the_quotas_message_until_t
         assert "requests.nvidia.com/gpu" in scheduled["message"]
         status = jobs.get("over-quota")["status"]
         assert status["phase"] == "Pending" and "exceeded quota: gpus" in status["message"]
+        time.sleep(3)  # more ticks, more refusals: still one event
         refusals = [e for e in events(core_v1, ns, "over-quota") if e.reason == "QuotaExceeded"]
         assert len(refusals) == 1 and refusals[0].type == "Warning"
-        assert job_pods(core_v1, ns, "over-quota") == [] and not status.get("podsCreated")
-        # room in the quota: the next tick creates the pod, and no attempt was used up
+        assert job_pods(core_v1, ns, "over-quota") == [] and status["trainerJob"] == "over-quota-trainer"
+        # room in the quota: the Job controller's next try creates the pod, and no attempt was used up
         core_v1.delete_namespaced_resource_quota("gpus", ns)
-        ftj.wait_for(lambda: job_pods(core_v1, ns, "over-quota"), what="the trainer pod")
+        ftj.wait_for(lambda: job_pods(core_v1, ns, "over-quota"), timeout=120, what="the trainer pod")
         ftj.wait_for(lambda: phase(jobs, "over-quota") in ("Scheduling", "Initializing"), what="placed")
     assert runner.exception is None
     assert not jobs.get("over-quota")["status"].get("restarts")
@@ -618,3 +636,35 @@ def test_a_model_config_read_with_one_tenants_keys_is_not_vouched_for_anothers(
     with pytest.raises(modelconfig.ModelConfigError, match="InvalidAccessKeyId"):
         modelconfig.model_shape(spec, credentials=stranger, **args)
     assert modelconfig.model_shape(spec, credentials=owner, **args).hidden_size == 2048
+
+
+def test_an_evicted_pod_costs_no_retry_and_the_job_starts_another(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+) -> None:
+    """The eviction API (what `kubectl drain` and node-pressure tooling use) marks the pod
+    DisruptionTarget; the trainer Job's pod failure policy ignores it."""
+    ns = jobs.ns
+
+    def running() -> list[Any]:
+        return [
+            p for p in job_pods(core_v1, ns, "evictable")
+            if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+        ]  # fmt: skip
+
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("evictable", backoffLimit=0))
+        (first,) = ftj.wait_for(running, what="the trainer pod running")
+        core_v1.create_namespaced_pod_eviction(
+            first.metadata.name, ns,
+            client.V1Eviction(metadata=client.V1ObjectMeta(name=first.metadata.name, namespace=ns)),
+        )  # fmt: skip
+        (second,) = ftj.wait_for(
+            lambda: [p for p in running() if p.metadata.uid != first.metadata.uid], what="a new pod"
+        )
+        ftj.wait_for(lambda: phase(jobs, "evictable") == "Initializing", what="Initializing again")
+    assert runner.exception is None
+    status = jobs.get("evictable")["status"]
+    # backoffLimit 0: had the eviction counted, the job would have failed
+    assert not status.get("restarts") and status["pod"] == second.metadata.name
+    trainer_job = client.BatchV1Api(core_v1.api_client).read_namespaced_job("evictable-trainer", ns)
+    assert not trainer_job.status.failed and trainer_job.spec.backoff_limit == 0

@@ -13,7 +13,17 @@ from kubeft_operator import conditions as cond
 from kubeft_operator import placement as pl
 from kubeft_operator import resources
 from kubeft_operator.api import FineTuneJob
-from kubeft_operator.reconcile import Inputs, PodState, decide, iso, needs_inputs, quota_wait
+from kubeft_operator.reconcile import (
+    Inputs,
+    Observed,
+    PodState,
+    TrainerJob,
+    WorkloadState,
+    decide,
+    iso,
+    needs_inputs,
+    quota_wait,
+)
 from kubeft_operator.settings import Settings
 from kubernetes import client
 
@@ -21,7 +31,8 @@ from kubeft import contract
 from kubeft import estimate as est
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
-SETTINGS = Settings(backoff_base_seconds=10, default_storage_endpoint="http://minio:9000")
+SETTINGS = Settings(default_storage_endpoint="http://minio:9000")
+NONE = Observed()  # no trainer Job yet
 
 
 def node(name: str, product: str | None, mib: int | None, count: int, ready: bool = True) -> dict[str, Any]:
@@ -73,6 +84,12 @@ def job(name: str = "j", status: dict[str, Any] | None = None, **spec: Any) -> F
     return FineTuneJob.from_body(body)
 
 
+def pod_of(j: FineTuneJob, plan: Any) -> client.V1PodTemplateSpec:
+    """The trainer pod template of the Job the operator would create."""
+    template: client.V1PodTemplateSpec = resources.get_trainer_job(j, plan).spec.template
+    return template
+
+
 def classes(pods: list[dict[str, Any]] | None = None) -> list[pl.GpuClass]:
     return pl.gpu_classes(pl.gpu_nodes(CLUSTER, pods or []))
 
@@ -118,10 +135,10 @@ def test_nodes_without_gfd_are_read_from_gke_and_ec2_labels_and_pinned_by_those_
     }
     # the trainer pod may land on any of them: one ORed affinity term per label
     j = job()
-    d = decide(j, {}, Inputs(classes=list(by_product.values()), shape=est.known_shape("llama-3.2-1b")),
+    d = decide(j, NONE, Inputs(classes=list(by_product.values()), shape=est.known_shape("llama-3.2-1b")),
                SETTINGS, NOW)  # fmt: skip
-    assert d.create is not None and d.create.gpu_product == "NVIDIA-L4"
-    pod = resources.get_pod(j, d.create)
+    assert d.create is not None and d.create.gpu_products == ("NVIDIA-L4",)
+    pod = pod_of(j, d.create)
     terms = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
     got = [{e.key: e.values for e in t.match_expressions} for t in terms.node_selector_terms]
     assert got == [
@@ -150,28 +167,28 @@ def test_not_ready_nodes_and_used_gpus_are_not_free() -> None:
     ],
 )
 def test_smallest_fitting_gpu_class_is_chosen(shape: str, method: str, product: str) -> None:
-    d = decide(job(method=method), {}, inputs(shape), SETTINGS, NOW)
+    d = decide(job(method=method), NONE, inputs(shape), SETTINGS, NOW)
     assert d.create is not None
-    assert d.create.gpu_product == product
+    assert d.create.gpu_products == (product,)
     assert d.status["gpu"]["product"] == product
 
 
 def test_busy_smallest_class_falls_back_to_a_larger_free_one_then_waits_when_all_are_busy() -> None:
     l4_busy = [busy("gpu-l4-0", 1), busy("gpu-l4-1", 1)]
-    d = decide(job(), {}, inputs(pods=l4_busy), SETTINGS, NOW)
-    assert d.create is not None and d.create.gpu_product == "NVIDIA-A100-SXM4-40GB"
+    d = decide(job(), NONE, inputs(pods=l4_busy), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_products == ("NVIDIA-A100-SXM4-40GB",)
     c = cond.get_condition(d.status["conditions"], cond.SCHEDULABLE)
     assert c is not None
     assert "NVIDIA-L4 (22.5 GiB) is the smallest GPU that fits but none is free now" in c["message"]
     assert "NVIDIA-A100-SXM4-40GB is the smallest with a free GPU" in c["message"]
     all_busy = [*l4_busy, busy("gpu-a100-0", 4), busy("gpu-h100-0", 8)]
-    d = decide(job(), {}, inputs(pods=all_busy), SETTINGS, NOW)
-    assert d.create is not None and d.create.gpu_product == "NVIDIA-L4"
+    d = decide(job(), NONE, inputs(pods=all_busy), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_products == ("NVIDIA-L4",)
     assert d.placement is not None and d.placement.waiting
 
 
 def test_nothing_fits_keeps_the_job_pending_with_a_clear_condition_and_no_pod() -> None:
-    d = decide(job(method="full"), {}, inputs("llama-3.1-70b"), SETTINGS, NOW)
+    d = decide(job(method="full"), NONE, inputs("llama-3.1-70b"), SETTINGS, NOW)
     assert d.create is None
     assert d.status["phase"] == "Pending"
     c = cond.get_condition(d.status["conditions"], cond.SCHEDULABLE)
@@ -180,31 +197,31 @@ def test_nothing_fits_keeps_the_job_pending_with_a_clear_condition_and_no_pod() 
 
 
 def test_auto_picks_the_most_accurate_method_that_fits_and_says_why() -> None:
-    small = decide(job(method="auto"), {}, inputs("llama-3.2-1b"), SETTINGS, NOW)
+    small = decide(job(method="auto"), NONE, inputs("llama-3.2-1b"), SETTINGS, NOW)
     assert small.create is not None and small.create.method == "full"
-    big = decide(job(method="auto"), {}, inputs("llama-3.1-70b"), SETTINGS, NOW)
+    big = decide(job(method="auto"), NONE, inputs("llama-3.1-70b"), SETTINGS, NOW)
     assert big.create is not None and big.create.method == "qlora"
     assert "method auto chose qlora" in big.status["vram"]["reason"]
 
 
 def test_gpu_products_node_selector_and_gpu_count_are_honoured() -> None:
-    d = decide(job(resources={"gpuProducts": ["NVIDIA-H100-80GB-HBM3"]}), {}, inputs(), SETTINGS, NOW)
-    assert d.create is not None and d.create.gpu_product == "NVIDIA-H100-80GB-HBM3"
-    d = decide(job(resources={"gpus": 2}), {}, inputs(), SETTINGS, NOW)
-    assert d.create is not None and d.create.gpu_product == "NVIDIA-A100-SXM4-40GB"
+    d = decide(job(resources={"gpuProducts": ["NVIDIA-H100-80GB-HBM3"]}), NONE, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_products == ("NVIDIA-H100-80GB-HBM3",)
+    d = decide(job(resources={"gpus": 2}), NONE, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_products == ("NVIDIA-A100-SXM4-40GB",)
     d = decide(
-        job(resources={"nodeSelector": {"kubernetes.io/hostname": "nope"}}), {}, inputs(), SETTINGS, NOW
+        job(resources={"nodeSelector": {"kubernetes.io/hostname": "nope"}}), NONE, inputs(), SETTINGS, NOW
     )
     assert d.create is None
     assert cond.get_condition(d.status["conditions"], cond.SCHEDULABLE)["reason"] == cond.NO_GPU_NODES  # type: ignore[index]
-    d = decide(job(resources={"gpuMemory": "40Gi"}), {}, inputs(), SETTINGS, NOW)
-    assert d.create is not None and d.create.gpu_product == "NVIDIA-A100-SXM4-40GB"
+    d = decide(job(resources={"gpuMemory": "40Gi"}), NONE, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_products == ("NVIDIA-A100-SXM4-40GB",)
 
 
 # --- builders --------------------------------------------------------------------------
 def _plan_and_job(**spec: Any) -> tuple[FineTuneJob, Any]:
     j = job(**spec)
-    d = decide(j, {}, Inputs(classes=classes(), shape=est.known_shape("llama-3.2-1b"), has_hf_token=True),
+    d = decide(j, NONE, Inputs(classes=classes(), shape=est.known_shape("llama-3.2-1b"), has_hf_token=True),
                SETTINGS, NOW)  # fmt: skip
     assert d.create is not None
     return j, d.create
@@ -219,7 +236,7 @@ def test_pvc_sources_are_mounted_read_only_once_per_claim() -> None:
         "models": ["spec.model.source", "spec.dataset.eval.source"],
         "data": ["spec.dataset.source"],
     }
-    pod = resources.get_pod(j, plan)
+    pod = pod_of(j, plan)
     claims = {v.name: v.persistent_volume_claim for v in pod.spec.volumes if v.persistent_volume_claim}
     assert sorted((c.claim_name, c.read_only) for c in claims.values()) == [("data", True), ("models", True)]
     c = pod.spec.containers[0]
@@ -228,7 +245,7 @@ def test_pvc_sources_are_mounted_read_only_once_per_claim() -> None:
     assert {e.name: e.value for e in c.env}[contract.ENV_PVC_ROOT] == contract.PVC_ROOT
     # no pvc:// source: no claim volume, no PVC root
     j, plan = _plan_and_job()
-    pod = resources.get_pod(j, plan)
+    pod = pod_of(j, plan)
     assert not any(v.persistent_volume_claim for v in pod.spec.volumes)
     assert contract.ENV_PVC_ROOT not in {e.name for e in pod.spec.containers[0].env}
 
@@ -241,13 +258,11 @@ def test_trainer_pod_follows_the_contract() -> None:
             "nodeSelector": {"kubernetes.io/hostname": "gpu-l4-1"},
         }
     )
-    pod = resources.get_pod(j, plan)
+    pod = pod_of(j, plan)
     c = pod.spec.containers[0]
-    assert pod.metadata.name == "j-trainer-0"
     assert pod.metadata.labels[contract.LABEL_JOB] == "j"
     assert pod.metadata.labels[contract.LABEL_COMPONENT] == contract.COMPONENT_TRAINER
     assert pod.metadata.labels[contract.LABEL_MANAGED_BY] == contract.MANAGED_BY
-    assert pod.metadata.owner_references[0].controller is True
     assert (c.name, c.command, c.args) == (contract.TRAINER_CONTAINER, ["kubeft-trainer"], None)
     assert (
         c.ports[0].container_port == contract.METRICS_PORT and c.ports[0].name == contract.METRICS_PORT_NAME
@@ -289,139 +304,252 @@ def test_job_json_has_the_spec_with_defaults_placement_and_estimate() -> None:
     assert (doc["apiVersion"], doc["kind"]) == (contract.API_VERSION, contract.TRAINER_CONFIG_KIND)
     assert doc["job"] == {"name": "j", "namespace": "ns", "uid": "uid-1"}
     assert doc["spec"]["method"] == "full"  # auto resolved
+    assert "lora" not in doc["spec"]["hyperparameters"]  # the trainer refuses LoRA settings for full
     assert doc["spec"]["hyperparameters"]["maxSeqLength"] == 2048
     assert doc["spec"]["storage"]["endpoint"] == "http://minio:9000"
     assert doc["spec"]["storage"]["bucket"] == "kubeft"
     assert doc["spec"]["export"]["formats"] == ["merged-16bit"]
     # full fine-tuning of 1B fits the smallest class too
-    assert doc["placement"] == {"gpuProduct": "NVIDIA-L4", "gpuMemoryBytes": 23034 * 2**20, "gpuCount": 1}
+    assert doc["placement"] == {
+        "gpuProduct": "NVIDIA-L4", "gpuProducts": ["NVIDIA-L4"], "gpuMemoryBytes": 23034 * 2**20,
+        "gpuCount": 1,
+    }  # fmt: skip
     assert set(doc["estimate"]["breakdown"]) == set(est.BREAKDOWN_KEYS)
     assert set(doc["estimate"]["profiles"]) == {"configured", "lean", "fast"}
 
 
 # --- lifecycle decisions -------------------------------------------------------------------
-RUNNING = {"phase": "Training", "pod": "j-trainer-0", "podsCreated": 1, "startTime": "2026-11-23T11:00:00Z"}
+RUNNING = {"phase": "Training", "trainerJob": "j-trainer", "pod": "j-trainer-0-abcde",
+           "startTime": "2026-11-23T11:00:00Z"}  # fmt: skip
 
 
-def failed(exit_code: int, message: str = "boom", reason: str = "Error") -> dict[str, PodState]:
-    return {"j-trainer-0": PodState("j-trainer-0", "Failed", "n", exit_code=exit_code, reason=reason,
-                                    message=message)}  # fmt: skip
+def pod(name: str = "j-trainer-0-abcde", phase: str = "Running", created: str = "2026-11-23T11:00:00Z",
+        **kw: Any) -> PodState:  # fmt: skip
+    return PodState(name, phase, node="n" if phase != "Pending" else None, created=created, **kw)
 
 
-def test_a_failed_pod_is_retried_with_exponential_backoff() -> None:
-    d = decide(job(status=dict(RUNNING)), failed(1), None, SETTINGS, NOW)
+def seen(*pods: PodState, workload: WorkloadState | None = None, **trainer: Any) -> Observed:
+    """The trainer Job ``j-trainer`` with ``pods`` (and Kueue's Workload when queued)."""
+    return Observed(TrainerJob("j-trainer", uid="job-uid", **trainer), {p.name: p for p in pods}, workload)
+
+
+def failed_pod(exit_code: int, message: str = "boom", reason: str = "Error", **kw: Any) -> PodState:
+    return pod("j-trainer-0-abcde", "Failed", exit_code=exit_code, reason=reason, message=message, **kw)
+
+
+def test_the_job_is_created_once_and_then_only_followed() -> None:
+    d = decide(job(), NONE, inputs(), SETTINGS, NOW)
+    assert (
+        d.create is not None and d.status["trainerJob"] == "j-trainer" and d.status["phase"] == "Scheduling"
+    )
+    assert d.status["startTime"] == iso(NOW)
+    # the Job exists (after a crash before the status was written, too): no inputs, no second create
+    assert not needs_inputs(job(), seen())
+    d = decide(job(), seen(pod(phase="Pending")), None, SETTINGS, NOW)
+    assert (
+        d.create is None and d.status["pod"] == "j-trainer-0-abcde" and d.status["trainerJob"] == "j-trainer"
+    )
+    # a Job of this name owned by an earlier FineTuneJob is waited for, not adopted
+    d = decide(job(), seen(owned=False), None, SETTINGS, NOW)
+    assert (
+        d.create is None and d.status["phase"] == "Pending" and "earlier FineTuneJob" in d.status["message"]
+    )
+
+
+def test_the_trainer_job_carries_the_spec_limits_and_its_pod_failure_policy() -> None:
+    j, plan = _plan_and_job(backoffLimit=5, activeDeadlineSeconds=600)
+    body = resources.get_trainer_job(j, plan)
+    assert body.metadata.name == "j-trainer" and body.metadata.owner_references[0].uid == "uid-1"
+    spec = body.spec
+    assert (spec.completion_mode, spec.completions, spec.parallelism) == ("Indexed", 1, 1)
+    assert (spec.backoff_limit, spec.active_deadline_seconds) == (5, 600)
+    assert spec.suspend is False and contract.LABEL_QUEUE_NAME not in body.metadata.labels
+    assert spec.pod_replacement_policy == "Failed"  # never two trainers on the same checkpoints
+    rules = [(r.action, r.on_pod_conditions, r.on_exit_codes) for r in spec.pod_failure_policy.rules]
+    assert rules[0][0] == "Ignore" and rules[0][1][0].type == "DisruptionTarget"
+    assert (rules[1][0], rules[1][2].values) == ("Ignore", [contract.EXIT_TERMINATED])
+    assert (rules[2][0], rules[2][2].values) == ("FailJob", [contract.EXIT_INVALID_INPUT])
+    assert spec.template.spec.restart_policy == "Never"
+
+
+def test_a_failed_pod_is_counted_reported_once_and_retried_by_the_job() -> None:
+    d = decide(job(status=dict(RUNNING)), seen(failed_pod(1), failed=1), None, SETTINGS, NOW)
     assert d.status["restarts"] == 1 and d.status["phase"] == "Pending"
-    assert d.status["nextRetryTime"] == "2026-11-23T12:00:10Z"
-    assert d.status["lastFailure"]["exitCode"] == 1
-    later = decide(job(status={**RUNNING, "restarts": 2}), failed(1), None, SETTINGS, NOW)
-    assert later.status["nextRetryTime"] == "2026-11-23T12:00:40Z"  # 10 s × 2^(3-1)
+    assert d.status["lastFailure"]["exitCode"] == 1 and d.status["lastFailure"]["pod"] == "j-trainer-0-abcde"
+    assert "retry 1/3" in d.status["message"] and d.create is None
+    assert [r for _, r, _ in d.events].count(cond.POD_FAILED) == 1
+    again = decide(job(status={**RUNNING, "phase": "Pending", "lastFailure": d.status["lastFailure"]}),
+                   seen(failed_pod(1), failed=1), None, SETTINGS, NOW)  # fmt: skip
+    assert cond.POD_FAILED not in [r for _, r, _ in again.events]
+    # the Job's next pod: Scheduling again
+    nxt = pod("j-trainer-0-fghij", "Pending", created="2026-11-23T11:30:00Z")
+    d = decide(job(status={**RUNNING, "phase": "Pending"}), seen(failed_pod(1), nxt, failed=1), None,
+               SETTINGS, NOW)  # fmt: skip
+    assert d.status["phase"] == "Scheduling" and d.status["pod"] == "j-trainer-0-fghij"
 
 
-def test_waiting_for_the_backoff_creates_nothing_and_a_new_pod_name_follows() -> None:
-    st = {"phase": "Pending", "restarts": 1, "podsCreated": 1, "nextRetryTime": "2026-11-23T12:00:10Z"}
-    assert not needs_inputs(job(status=st), {}, NOW)
-    assert decide(job(status=st), {}, None, SETTINGS, NOW).create is None
-    later = NOW + dt.timedelta(seconds=11)
-    assert needs_inputs(job(status=st), {}, later)
-    d = decide(job(status=st), {}, inputs(), SETTINGS, later)
-    assert d.create is not None and d.status["pod"] == "j-trainer-1"
+def test_a_disrupted_or_sigtermed_pod_costs_no_retry_and_says_so() -> None:
+    evicted = failed_pod(143, "terminated", disrupted="EvictionByEvictionAPI")
+    d = decide(job(status=dict(RUNNING)), seen(evicted, failed=0), None, SETTINGS, NOW)
+    assert d.status["restarts"] == 0 and d.status["lastFailure"]["reason"] == cond.POD_DISRUPTED
+    assert "not counted as a failure" in d.status["message"]
+    assert cond.POD_DISRUPTED in [r for _, r, _ in d.events]
 
 
-def test_backoff_limit_reached_fails_with_the_last_reason_and_an_oom_hint() -> None:
+def test_the_jobs_failure_reads_as_the_fine_tune_jobs_reason() -> None:
     st = {**RUNNING, "restarts": 3}
-    d = decide(job(status=st), failed(137, "", "OOMKilled"), None, SETTINGS, NOW)
-    assert d.status["phase"] == "Failed"
+    oom = failed_pod(137, "", "OOMKilled")
+    d = decide(job(status=st), seen(oom, failed=4, failure=("BackoffLimitExceeded", "Job has reached the "
+               "specified backoff limit")), None, SETTINGS, NOW)  # fmt: skip
+    assert d.status["phase"] == "Failed" and d.status["completionTime"] == iso(NOW)
     c = cond.get_condition(d.status["conditions"], cond.FAILED)
     assert c is not None and c["reason"] == cond.OOM_KILLED
+    assert "backoffLimit (3) reached" in c["message"] and d.status["restarts"] == 3  # 4 pods, 3 retries
     assert "smaller batchSize" in c["message"] and "qlora" in c["message"]
-
-
-def test_invalid_input_exit_code_is_not_retried() -> None:
-    d = decide(job(status=dict(RUNNING)), failed(contract.EXIT_INVALID_INPUT, "no usable rows"), None,
+    bad = failed_pod(contract.EXIT_INVALID_INPUT, "no usable rows")
+    policy = "Container trainer for pod ns/j-trainer-0-abcde failed with exit code 2 matching FailJob rule"
+    d = decide(job(status=dict(RUNNING)), seen(bad, failed=1, failure=("PodFailurePolicy", policy)), None,
                SETTINGS, NOW)  # fmt: skip
-    assert d.status["phase"] == "Failed" and "restarts" not in d.status
-    assert cond.get_condition(d.status["conditions"], cond.FAILED)["reason"] == cond.INVALID_INPUT  # type: ignore[index]
-
-
-def test_a_vanished_pod_counts_as_a_failure() -> None:
-    d = decide(job(status=dict(RUNNING)), {}, None, SETTINGS, NOW)
-    assert d.status["restarts"] == 1
-    assert d.status["lastFailure"]["reason"] == cond.POD_LOST
+    c = cond.get_condition(d.status["conditions"], cond.FAILED)
+    assert c is not None and c["reason"] == cond.INVALID_INPUT and "no usable rows" in c["message"]
+    d = decide(job(status=dict(RUNNING), activeDeadlineSeconds=60),
+               seen(failure=("DeadlineExceeded", "Job was active longer than specified deadline")), None,
+               SETTINGS, NOW)  # fmt: skip
+    c = cond.get_condition(d.status["conditions"], cond.FAILED)
+    assert (
+        c is not None and c["reason"] == cond.DEADLINE_EXCEEDED and "activeDeadlineSeconds=60" in c["message"]
+    )
 
 
 def test_operator_never_overwrites_the_trainers_phase() -> None:
-    pods = {"j-trainer-0": PodState("j-trainer-0", "Running", "n")}
-    d = decide(job(status=dict(RUNNING)), pods, None, SETTINGS, NOW)
+    d = decide(job(status=dict(RUNNING)), seen(pod(), active=1), None, SETTINGS, NOW)
     assert "phase" not in d.status
     assert not {"progress", "checkpoints", "artifacts", "metrics"} & set(d.status)
 
 
-def test_adopts_a_pod_created_before_a_crash_instead_of_creating_another() -> None:
-    pods = {"j-trainer-0": PodState("j-trainer-0", "Pending")}
-    assert not needs_inputs(job(), pods, NOW)
-    d = decide(job(), pods, None, SETTINGS, NOW)
-    assert d.create is None and d.status["pod"] == "j-trainer-0" and d.status["podsCreated"] == 1
-
-
-def test_suspend_deletes_the_pod_and_resume_creates_a_new_one() -> None:
-    pods = {"j-trainer-0": PodState("j-trainer-0", "Running", "n")}
-    d = decide(job(status=dict(RUNNING), suspend=True), pods, None, SETTINGS, NOW)
-    assert d.status["phase"] == "Suspended" and d.delete_pods == ["j-trainer-0"]
+def test_suspend_suspends_the_job_and_resume_unsuspends_it() -> None:
+    d = decide(job(status=dict(RUNNING), suspend=True), seen(pod(), active=1), None, SETTINGS, NOW)
+    assert d.status["phase"] == "Suspended" and d.patch_trainer == {"spec": {"suspend": True}}
+    assert cond.get_condition(d.status["conditions"], cond.SUSPENDED)["status"] == "True"  # type: ignore[index]
     st = {**RUNNING, "phase": "Suspended", "pod": None}
-    terminating = {"j-trainer-0": PodState("j-trainer-0", "Running", "n", deleting=True)}
-    d = decide(job(status=st), terminating, inputs(), SETTINGS, NOW)
-    assert d.create is not None and d.status["pod"] == "j-trainer-1"
+    d = decide(job(status=st), seen(suspended=True), None, SETTINGS, NOW)
+    assert d.patch_trainer == {"spec": {"suspend": False}} and d.status["phase"] == "Scheduling"
     assert cond.get_condition(d.status["conditions"], cond.SUSPENDED)["status"] == "False"  # type: ignore[index]
-
-
-def test_the_deadline_clock_stands_still_while_suspended_and_restarts_on_resume() -> None:
-    # started 60 min before NOW, deadline 30 min: suspended, it stays Suspended (not Failed)
-    suspended = {**RUNNING, "phase": "Suspended", "pod": None}
-    d = decide(job(status=suspended, suspend=True, activeDeadlineSeconds=1800), {}, None, SETTINGS, NOW)
-    assert d.status["phase"] == "Suspended"
-    # resumed: a new pod, and the deadline counts from now
-    d = decide(job(status=suspended, activeDeadlineSeconds=1800), {}, inputs(), SETTINGS, NOW)
-    assert d.create is not None and d.status["activeSince"] == iso(NOW)
-    assert d.status["startTime"] == RUNNING["startTime"]  # the spec stays immutable
-    resumed = {**RUNNING, "pod": "j-trainer-1", "podsCreated": 2, "activeSince": iso(NOW)}
-    pods = {"j-trainer-1": PodState("j-trainer-1", "Running", "n")}
-
-    def after(seconds: int) -> Any:
-        return decide(
-            job(status=resumed, activeDeadlineSeconds=1800),
-            pods,
-            None,
-            SETTINGS,
-            NOW + dt.timedelta(seconds=seconds),
-        )
-
-    d = after(1799)
-    assert d.status.get("phase") != "Failed" and not d.delete_pods
-    d = after(1800)
-    assert d.status["phase"] == "Failed" and d.delete_pods == ["j-trainer-1"]
-    c = cond.get_condition(d.status["conditions"], cond.FAILED)
-    assert c is not None and c["reason"] == cond.DEADLINE_EXCEEDED
-
-
-def test_the_first_pod_starts_the_deadline_clock() -> None:
-    d = decide(job(activeDeadlineSeconds=60), {}, inputs(), SETTINGS, NOW)
-    assert d.create is not None and d.status["startTime"] == d.status["activeSince"] == iso(NOW)
+    # suspended before any Job existed: nothing is created until it is resumed
+    d = decide(job(suspend=True), NONE, None, SETTINGS, NOW)
+    assert d.status["phase"] == "Suspended" and d.create is None and not needs_inputs(job(suspend=True), NONE)
 
 
 def test_deadline_and_ttl_behave_like_batch_jobs() -> None:
-    pods = {"j-trainer-0": PodState("j-trainer-0", "Running", "n")}
-    d = decide(job(status=dict(RUNNING), activeDeadlineSeconds=60), pods, None, SETTINGS, NOW)
-    assert d.status["phase"] == "Failed" and d.delete_pods == ["j-trainer-0"]
+    j, plan = _plan_and_job(activeDeadlineSeconds=60)
+    assert resources.get_trainer_job(j, plan).spec.active_deadline_seconds == 60  # the Job's own clock
     done = {"phase": "Succeeded", "completionTime": "2026-11-23T11:59:00Z"}
-    assert decide(job(status=done, ttlSecondsAfterFinished=30), {}, None, SETTINGS, NOW).delete_job
-    assert not decide(job(status=done, ttlSecondsAfterFinished=300), {}, None, SETTINGS, NOW).delete_job
+    assert decide(job(status=done, ttlSecondsAfterFinished=30), NONE, None, SETTINGS, NOW).delete_job
+    assert not decide(job(status=done, ttlSecondsAfterFinished=300), NONE, None, SETTINGS, NOW).delete_job
+
+
+# --- Kueue ---------------------------------------------------------------------------------
+CANDIDATES = [
+    {"product": "NVIDIA-L4", "memoryBytes": 1},
+    {"product": "NVIDIA-A100-SXM4-40GB", "memoryBytes": 2},
+]
+QUEUED = {"phase": "Queued", "trainerJob": "j-trainer", "startTime": "2026-11-23T11:00:00Z",
+          "gpu": {"count": 1, "candidates": CANDIDATES}}  # fmt: skip
+INSUFFICIENT = (
+    "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor "
+    "a100-40gb, 1 more needed"
+)
+
+
+def test_a_queued_job_is_created_suspended_for_kueue_and_may_run_on_every_class_that_fits() -> None:
+    d = decide(job(), NONE, Inputs(classes=classes(), shape=est.known_shape("llama-3.2-1b"), queue="team-a"),
+               SETTINGS, NOW)  # fmt: skip
+    assert d.create is not None and d.status["phase"] == "Queued"
+    assert d.create.gpu_products == ("NVIDIA-L4", "NVIDIA-A100-SXM4-40GB", "NVIDIA-H100-80GB-HBM3")
+    assert "Kueue picks among them" in d.status["vram"]["reason"]
+    assert [c["product"] for c in d.status["gpu"]["candidates"]] == list(d.create.gpu_products)
+    assert "product" not in d.status["gpu"]  # known once Kueue admitted it on a flavor
+    body = resources.get_trainer_job(job(), d.create)
+    assert body.spec.suspend is True and body.metadata.labels[contract.LABEL_QUEUE_NAME] == "team-a"
+    terms = body.spec.template.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    (term,) = terms.node_selector_terms
+    assert {e.key: e.values for e in term.match_expressions}[contract.LABEL_GPU_PRODUCT] == [
+        "NVIDIA-A100-SXM4-40GB", "NVIDIA-H100-80GB-HBM3", "NVIDIA-L4"]  # fmt: skip
+    doc = json.loads(resources.get_config_map(job(), d.create).data[contract.TRAINER_CONFIG_FILE])
+    assert doc["placement"]["gpuMemoryBytes"] == 23034 * 2**20  # the trainer plans for the smallest
+    # 8B LoRA needs more than an L4 with its margin? No: it fits the L4 too; 70B QLoRA only the H100
+    big = decide(job(), NONE, Inputs(classes=classes(), shape=est.known_shape("llama-3.1-70b"), queue="q"),
+                 SETTINGS, NOW)  # fmt: skip
+    assert big.create is not None and big.create.gpu_products == ("NVIDIA-H100-80GB-HBM3",)
+
+
+def test_queued_says_kueues_own_words_then_admitted_on_its_flavor() -> None:
+    waiting = WorkloadState("job-j-trainer-1a2b3", waiting=INSUFFICIENT)
+    d = decide(job(status=dict(QUEUED)), seen(suspended=True, queue="team-a", workload=waiting), None,
+               SETTINGS, NOW)  # fmt: skip
+    assert d.status["phase"] == "Queued" and INSUFFICIENT in d.status["message"]
+    admitted = cond.get_condition(d.status["conditions"], cond.ADMITTED)
+    assert admitted is not None and admitted["status"] == "False" and INSUFFICIENT in admitted["message"]
+    assert d.status["queue"] == {"name": "team-a", "workload": "job-j-trainer-1a2b3"}
+    ok = WorkloadState("job-j-trainer-1a2b3", admitted=True, cluster_queue="kubeft", flavor="a100-40gb")
+    d = decide(job(status=dict(QUEUED)), seen(pod(phase="Pending"), queue="team-a", workload=ok,
+               gpu_product="NVIDIA-A100-SXM4-40GB"), None, SETTINGS, NOW)  # fmt: skip
+    assert d.status["phase"] == "Scheduling"
+    assert d.status["message"].startswith("admitted by ClusterQueue kubeft on flavor a100-40gb; pod ")
+    assert ("Normal", cond.KUEUE_ADMITTED) in [(t, r) for t, r, _ in d.events]
+    admitted = cond.get_condition(d.status["conditions"], cond.ADMITTED)
+    assert admitted is not None and admitted["status"] == "True" and "a100-40gb" in admitted["message"]
+    assert d.status["gpu"]["product"] == "NVIDIA-A100-SXM4-40GB" and d.status["gpu"]["memoryBytes"] == 2
+    assert d.status["queue"] == {"name": "team-a", "clusterQueue": "kubeft", "flavor": "a100-40gb",
+                                 "workload": "job-j-trainer-1a2b3"}  # fmt: skip
+
+
+def test_preemption_queues_the_job_again_with_a_warning_and_costs_no_retry() -> None:
+    evicted = WorkloadState("wl", evicted=("Preempted", "Preempted to accommodate a workload (UID: x)"),
+                            waiting="Preempted to accommodate a workload (UID: x)")  # fmt: skip
+    stopping = pod(disrupted=None, deleting=True)
+    d = decide(job(status=dict(RUNNING)), seen(stopping, suspended=True, queue="q", workload=evicted), None,
+               SETTINGS, NOW)  # fmt: skip
+    assert d.status["phase"] == "Queued" and d.status["restarts"] == 0
+    assert "preempted by Kueue" in d.status["message"] and "latest checkpoint" in d.status["message"]
+    assert ("Warning", cond.PREEMPTED) in [(t, r) for t, r, _ in d.events]
+
+
+def test_suspending_a_queued_job_deactivates_its_workload_and_resuming_activates_it() -> None:
+    wl = WorkloadState("wl", admitted=True)
+    d = decide(job(status=dict(RUNNING), suspend=True), seen(pod(), queue="q", workload=wl), None, SETTINGS,
+               NOW)  # fmt: skip
+    assert d.workload_active == ("wl", False) and d.patch_trainer is None
+    st = {**RUNNING, "phase": "Suspended", "pod": None}
+    off = WorkloadState("wl", active=False, evicted=("Deactivated", "The workload is deactivated"))
+    d = decide(job(status=st), seen(suspended=True, queue="q", workload=off), None, SETTINGS, NOW)
+    assert d.workload_active == ("wl", True) and d.status["phase"] == "Queued"
+
+
+def test_a_quota_refusal_of_the_jobs_pod_waits_pending_with_the_quotas_words_and_one_event() -> None:
+    words = (
+        'Error creating: pods "j-trainer-0-x" is forbidden: exceeded quota: gpus, requested: '
+        "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=0"
+    )
+    d = decide(job(status={"phase": "Scheduling", "trainerJob": "j-trainer"}), seen(create_error=words), None,
+               SETTINGS, NOW)  # fmt: skip
+    assert d.status["phase"] == "Pending" and words in d.status["message"]
+    (scheduled,) = [c for c in d.status["conditions"] if c["type"] == cond.SCHEDULED]
+    assert (scheduled["status"], scheduled["reason"]) == ("False", cond.QUOTA_EXCEEDED)
+    assert [(t, r) for t, r, _ in d.events] == [("Warning", cond.QUOTA_EXCEEDED)]
+    again = decide(job(status={**d.status, "trainerJob": "j-trainer"}), seen(create_error=words), None,
+                   SETTINGS, NOW)  # fmt: skip
+    assert again.events == [] and again.status["message"] == d.status["message"]
+    # refused creating the Job itself (a quota on count/jobs.batch): the same condition
+    d = quota_wait(job(status={"phase": "Pending"}), "exceeded quota: jobs", NOW)
+    assert d.status["phase"] == "Pending" and d.events[0][1] == cond.QUOTA_EXCEEDED
 
 
 def test_unreadable_model_config_is_a_condition_not_a_crash() -> None:
     bad = Inputs(
         invalid_reason=cond.MODEL_CONFIG_UNAVAILABLE, invalid_message="cannot read s3://m/config.json"
     )
-    d = decide(job(), {}, bad, SETTINGS, NOW)
+    d = decide(job(), NONE, bad, SETTINGS, NOW)
     c = cond.get_condition(d.status["conditions"], cond.VALIDATED)
     assert c is not None and c["status"] == "False" and c["reason"] == cond.MODEL_CONFIG_UNAVAILABLE
     assert d.create is None
@@ -446,7 +574,7 @@ def test_settings_come_from_prefixed_environment_variables() -> None:
 
 def test_builders_return_kubernetes_models() -> None:
     j, plan = _plan_and_job()
-    assert isinstance(resources.get_pod(j, plan), client.V1Pod)
+    assert isinstance(resources.get_trainer_job(j, plan), client.V1Job)
     assert isinstance(resources.get_config_map(j, plan), client.V1ConfigMap)
 
 
@@ -469,36 +597,20 @@ def test_the_grace_period_leaves_room_to_save_and_upload_the_final_checkpoint() 
     # 120 s floor + 2 × 67.6 MB at 50 MB/s = 123 s
     j, plan = _plan_and_job()
     assert est.checkpoint_bytes(plan.estimate) == 11_272_192 * (4 + 2)
-    assert resources.get_pod(j, plan).spec.termination_grace_period_seconds == 120 + 3
+    assert pod_of(j, plan).spec.termination_grace_period_seconds == 120 + 3
     assert plan.estimate_doc()["checkpointBytes"] == 11_272_192 * 6
     # full fine-tuning saves the whole bf16 model and its states: minutes, not the floor
     j = job(method="full")
-    d = decide(j, {}, Inputs(classes=classes(), shape=est.known_shape("llama-3.2-1b")), SETTINGS, NOW)
+    d = decide(j, NONE, Inputs(classes=classes(), shape=est.known_shape("llama-3.2-1b")), SETTINGS, NOW)
     assert d.create is not None
     full = est.checkpoint_bytes(d.create.estimate)
     assert full == d.create.estimate.weights + d.create.estimate.optimizer > 6_000_000_000  # 6.5 GB
-    grace = resources.get_pod(j, d.create).spec.termination_grace_period_seconds
+    grace = pod_of(j, d.create).spec.termination_grace_period_seconds
     assert grace == 120 + math.ceil(2 * full / 50e6)
     slow = dataclasses.replace(
         d.create, settings=SETTINGS.model_copy(update={"checkpoint_bytes_per_second": 5e6})
     )
     assert slow.grace_period_seconds > 10 * (grace - 120)
-
-
-def test_a_quota_refusal_waits_pending_with_the_quotas_words_and_one_event() -> None:
-    words = (
-        "exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=0, "
-        "limited: requests.nvidia.com/gpu=0"
-    )
-    d = quota_wait(job(status={"phase": "Pending"}), words, NOW)
-    assert d.status["phase"] == "Pending" and words in d.status["message"]
-    (scheduled,) = [c for c in d.status["conditions"] if c["type"] == cond.SCHEDULED]
-    assert (scheduled["status"], scheduled["reason"]) == ("False", cond.QUOTA_EXCEEDED)
-    assert d.create is None and "podsCreated" not in d.status  # no attempt counted
-    assert [(t, r) for t, r, _ in d.events] == [("Warning", cond.QUOTA_EXCEEDED)]
-    # the next refusal repeats no event
-    again = quota_wait(job(status={"phase": "Pending", "conditions": d.status["conditions"]}), words, NOW)
-    assert again.events == [] and again.status["message"] == d.status["message"]
 
 
 def test_only_a_quota_refusal_is_read_as_one() -> None:
@@ -537,7 +649,7 @@ def test_kstatus_conditions_tell_gitops_tools_whether_a_job_progresses_waits_or_
     status: dict[str, Any], inputs_: Inputs, expected: tuple[str, str, str]
 ) -> None:
     method = "full" if inputs_.shape is not None and inputs_.shape.num_layers == 80 else "qlora"
-    d = decide(job(status=status, method=method), {}, inputs_, SETTINGS, NOW)
+    d = decide(job(status=status, method=method), NONE, inputs_, SETTINGS, NOW)
     got = {c["type"]: c for c in d.status["conditions"]}
     assert (got["Ready"]["status"], got["Reconciling"]["status"], got["Stalled"]["status"]) == expected
     assert all(got[t]["observedGeneration"] == 1 for t in ("Ready", "Reconciling", "Stalled"))
@@ -545,14 +657,13 @@ def test_kstatus_conditions_tell_gitops_tools_whether_a_job_progresses_waits_or_
 
 
 def test_kstatus_ready_on_success_and_stalled_on_failure() -> None:
-    running = {"phase": "Training", "pod": "j-trainer-0", "podsCreated": 1, "startTime": iso(NOW)}
-    done = decide(job(status=running), {"j-trainer-0": PodState("j-trainer-0", "Succeeded", "n")}, None,
-                  SETTINGS, NOW)  # fmt: skip
+    running = dict(RUNNING)
+    done = decide(job(status=running), seen(pod(phase="Succeeded"), complete=True), None, SETTINGS, NOW)
     got = {c["type"]: c["status"] for c in done.status["conditions"]}
     assert (got["Ready"], got["Reconciling"], got["Stalled"]) == ("True", "False", "False")
     failed = decide(
         job(status=running, backoffLimit=0),
-        {"j-trainer-0": PodState("j-trainer-0", "Failed", "n", exit_code=1, reason="Error")},
+        seen(failed_pod(1), failed=1, failure=("BackoffLimitExceeded", "Job has reached the backoff limit")),
         None, SETTINGS, NOW,
     )  # fmt: skip
     got = {c["type"]: c for c in failed.status["conditions"]}

@@ -20,7 +20,7 @@ import yaml
 from kubeft_operator import placement as pl
 from kubeft_operator import resources
 from kubeft_operator.api import FineTuneJob
-from kubeft_operator.reconcile import Inputs, decide
+from kubeft_operator.reconcile import Inputs, Observed, decide
 from kubeft_operator.settings import Settings
 from kubeft_trainer import profile
 from kubeft_trainer.config import load_config
@@ -224,7 +224,7 @@ def _decide(spec: dict[str, Any]) -> tuple[FineTuneJob, Any]:
     }
     inputs = Inputs(shape=est.known_shape("llama-3.1-8b"), classes=pl.gpu_classes(pl.gpu_nodes([h100], [])))
     now = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
-    return job, decide(job, {}, inputs, Settings(), now)
+    return job, decide(job, Observed(), inputs, Settings(), now)
 
 
 def test_the_operators_job_json_loads_in_the_trainer_which_plans_the_same_bytes(tmp_path: Path) -> None:

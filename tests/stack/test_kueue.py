@@ -119,7 +119,7 @@ def _reserved(objects: Any, flavor: str, resource: str) -> str:
 
 @pytest.fixture()
 def queue(api_client: Any, namespace: str, custom_objects: Any) -> Iterator[str]:
-    """The LocalQueue `kubeft` in the test's namespace; afterwards every Job there is deleted and
+    """The LocalQueue `default` in the test's namespace; afterwards every Job there is deleted and
     its Workload gone, so the ClusterQueue's quota is whole again for the next test."""
     name = queues.ensure_local_queue(api_client, namespace)
     # a previous test's Workloads may still be releasing quota: start from an empty flavor

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-
 from kubeft import contract
 
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: the pod was evicted or
-# deleted; a final checkpoint was written, so a retry resumes from it.
-EXIT_TERMINATED = 128 + int(signal.SIGTERM)
+# deleted; a final checkpoint was written, so a retry resumes from it (and the trainer Job's pod
+# failure policy does not count it as a failure).
+EXIT_TERMINATED = contract.EXIT_TERMINATED
 EXIT_FAILED = 1
 
 

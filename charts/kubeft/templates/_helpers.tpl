@@ -42,10 +42,21 @@ app.kubernetes.io/component: operator
 - apiGroups: [kubeft.io]
   resources: [finetunejobs/status]
   verbs: [get, patch, update]
-# owned objects of each job: the trainer pod, its config, its identity
+# owned objects of each job: the trainer Job, its config, its identity; its pods are read
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, update, patch, delete]
 - apiGroups: [""]
   resources: [pods, configmaps, serviceaccounts]
   verbs: [get, list, watch, create, update, patch, delete]
+# Kueue: the namespace's default LocalQueue, and the trainer Job's Workload (read; spec.active
+# is how a queued job is suspended and resumed)
+- apiGroups: [kueue.x-k8s.io]
+  resources: [localqueues]
+  verbs: [get]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]
@@ -57,7 +68,8 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get]
+# create: the job's own events; list: the Job controller's FailedCreate (a ResourceQuota refusal)
 - apiGroups: ["", events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
 {{- end -}}
