@@ -40,6 +40,7 @@ LrScheduler = Literal[
 ]
 ExportFormat = Literal["adapter", "merged-16bit"]
 Cleanup = Literal["Retain", "Delete"]
+Strategy = Literal["auto", "ddp", "fsdp"]
 TolerationOperator = Literal["Exists", "Equal"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
@@ -179,12 +180,14 @@ class Toleration(_Model):
 
 
 class ResourcesSpec(_Model):
-    """``spec.resources``: what the operator asks the scheduler for (the trainer ignores it).
+    """``spec.resources``: what the operator asks the scheduler for.
 
-    The CRD refuses ``gpus > 1`` until multi-GPU training exists; placement already counts GPUs.
+    ``gpus`` per node, on ``nodes`` nodes: the trainer runs one process per GPU (torchrun), a world
+    of ``gpus × nodes`` ranks.
     """
 
     gpus: int = Field(default=1, ge=1, le=8)
+    nodes: int = Field(default=1, ge=1, le=64)
     gpu_memory: str | int = "auto"
     gpu_products: tuple[Annotated[str, Field(max_length=128)], ...] = Field(default=(), max_length=32)
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
@@ -192,6 +195,18 @@ class ResourcesSpec(_Model):
     priority_class_name: str | None = Field(default=None, max_length=253)
     cpu: str | int | None = None
     memory: str | int | None = None
+
+
+class DistributedSpec(_Model):
+    """``spec.distributed``: how a job on more than one GPU shares the work.
+
+    ``ddp`` replicates the model on every GPU; ``fsdp`` shards parameters, gradients and optimizer
+    states across them; ``auto`` takes DDP when one replica fits a GPU, else FSDP. ``batchSize``
+    stays per GPU: the global batch is batchSize × gradientAccumulation × gpus × nodes, and the
+    learning rate is not rescaled.
+    """
+
+    strategy: Strategy = "auto"
 
 
 class StorageSpec(_Model):
@@ -228,6 +243,7 @@ class FineTuneJobSpec(_Model):
     storage: StorageSpec = StorageSpec()
     checkpoints: CheckpointSpec = CheckpointSpec()
     export: ExportSpec = ExportSpec()
+    distributed: DistributedSpec = DistributedSpec()
     # a checkpoint of an earlier run to start from: s3://<bucket>/<namespace>/<job>/<uid>/ (its newest)
     # or .../checkpoints/step-N/; same base model and method (the trainer checks its manifest)
     resume_from: str | None = Field(default=None, max_length=1024)
@@ -247,9 +263,22 @@ class FineTuneJobSpec(_Model):
                 "export.formats: 'adapter' needs method qlora, lora or auto; "
                 "method full exports 'merged-16bit'"
             )
+        if self.distributed.strategy == "fsdp" and self.world_size == 1:
+            raise ValueError("distributed.strategy fsdp shards over GPUs: set resources.gpus or nodes > 1")
         if self.method == "full" and "lora" in self.hyperparameters.model_fields_set:
             raise ValueError("hyperparameters.lora: only the qlora and lora methods use it, not method: full")
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes: one per GPU, on every node."""
+        return self.resources.gpus * self.resources.nodes
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step: per-GPU batch × accumulation × world size."""
+        hp = self.hyperparameters
+        return hp.batch_size * hp.gradient_accumulation * self.world_size
 
     def candidate_methods(self) -> tuple[est.Method, ...]:
         """The methods the job may train with, most accurate first: ``auto`` is every one, except

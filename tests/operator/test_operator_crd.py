@@ -40,7 +40,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("endpoint not a URL", {"storage": {"credentialsSecret": "c", "endpoint": "minio:9000"}},
      "storage.endpoint must be an http://"),
     ("gpus out of range", {"resources": {"gpus": 16}}, "less than or equal to 8"),
-    ("more than one gpu", {"resources": {"gpus": 2}}, "multi-GPU training is not supported yet"),
+    ("no gpus on two nodes", {"resources": {"gpus": 0, "nodes": 2}}, "greater than or equal to 1"),
+    ("fsdp on one gpu", {"distributed": {"strategy": "fsdp"}}, "fsdp shards over several GPUs"),
+    ("unknown strategy", {"distributed": {"strategy": "zero3"}}, "Unsupported value"),
     ("gpu memory not a quantity", {"resources": {"gpuMemory": "lots"}}, "auto or a positive quantity"),
     ("negative backoff limit", {"backoffLimit": -1}, "greater than or equal to 0"),
     ("architecture heads mismatch", {"model": {"source": "s3://models/m/", "architecture": {
@@ -73,7 +75,8 @@ def test_defaults_are_filled_in_by_the_api_server(jobs: Any, ftj: Any) -> None:
     assert spec["hyperparameters"]["maxSeqLength"] == 2048
     assert spec["hyperparameters"]["packing"] is True
     assert spec["dataset"]["format"] == "auto" and spec["dataset"]["trainOn"] == "responses"
-    assert spec["resources"] == {"gpus": 1, "gpuMemory": "auto"}
+    assert spec["resources"] == {"gpus": 1, "nodes": 1, "gpuMemory": "auto"}
+    assert spec["distributed"] == {"strategy": "auto"}
     assert spec["backoffLimit"] == 3 and spec["suspend"] is False
 
 
