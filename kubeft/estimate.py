@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the spec model imports this module; the estimator itself ne
     from kubeft.spec import FineTuneJobSpec
 
 Method = Literal["qlora", "lora", "full"]
+Strategy = Literal["ddp", "fsdp"]  # data parallel: a replica per GPU, or shards across them
 METHODS: Final[tuple[Method, ...]] = ("full", "lora", "qlora")  # most accurate first
 
 GIB: Final = 1024**3
@@ -295,6 +296,10 @@ class Setup:
     double_quant: bool = True
     # checkpointed layer inputs kept in pinned host memory (the trainer's lean profile on CUDA)
     offload_activations: bool = False
+    # data parallel training: ranks (GPUs in all), and whether each holds a replica (ddp) or a
+    # shard (fsdp) of the parameters, gradients and optimizer states; the estimate is per GPU
+    world_size: int = 1
+    strategy: Strategy = "ddp"
 
     @property
     def tokens(self) -> int:
@@ -302,14 +307,16 @@ class Setup:
         return self.micro_batch * self.seq_len
 
     @classmethod
-    def from_spec(cls, spec: FineTuneJobSpec, method: Method) -> Setup:
-        """The inputs for a FineTuneJob spec trained with ``method`` (resolved: never ``auto``).
+    def from_spec(cls, spec: FineTuneJobSpec, method: Method, strategy: Strategy | None = None) -> Setup:
+        """The inputs for a FineTuneJob spec trained with ``method`` (resolved: never ``auto``) and
+        ``strategy`` (resolved; None: the spec's, where ``auto`` reads as ddp).
 
         The one place a spec becomes a Setup: the operator places with it, the trainer plans its
         profile with it, ``kubeft estimate`` prints it, so their numbers agree. kubeft's trainer
         always computes the LM head's loss in chunks (TRL), hence ``fused_cross_entropy``.
         """
         hp = spec.hyperparameters
+        wanted = spec.distributed.strategy
         return cls(
             method=method,
             micro_batch=hp.batch_size,
@@ -321,6 +328,8 @@ class Setup:
             lora_r=hp.lora.r,
             lora_targets=tuple(hp.lora.target_modules),
             lora_dropout=hp.lora.dropout,
+            world_size=spec.world_size,
+            strategy=strategy or ("ddp" if wanted == "auto" else wanted),
         )
 
 
