@@ -41,8 +41,8 @@ TERMINAL_PHASES: Final = (PHASE_SUCCEEDED, PHASE_FAILED)
 # Every other status field has one writer (docs/design.md, "Status ownership").
 TRAINER_STATUS_FIELDS: Final = ("progress", "checkpoints", "artifacts", "metrics")
 OPERATOR_STATUS_FIELDS: Final = (
-    "message", "observedGeneration", "conditions", "vram", "gpu", "queue", "trainerJob", "node", "pod",
-    "restarts", "lastFailure", "startTime", "completionTime",
+    "message", "observedGeneration", "conditions", "vram", "gpu", "queue", "trainerJob", "distributed",
+    "node", "pod", "restarts", "lastFailure", "startTime", "completionTime",
 )  # fmt: skip
 
 # --- GPU node facts (NVIDIA GPU Feature Discovery labels, device plugin resource)
@@ -91,6 +91,16 @@ ENV_PVC_ROOT: Final = "KUBEFT_PVC_ROOT"  # where the claims of pvc:// sources ar
 ENV_S3_ACCESS_KEY: Final = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY: Final = "AWS_SECRET_ACCESS_KEY"
 ENV_HF_TOKEN: Final = "HF_TOKEN"
+# more than one GPU: the trainer runs under torchrun, one process per GPU, a c10d rendezvous on the
+# pod of index 0 (its node rank is the Indexed Job's JOB_COMPLETION_INDEX)
+ENV_NNODES: Final = "KUBEFT_NNODES"
+ENV_NPROC_PER_NODE: Final = "KUBEFT_NPROC_PER_NODE"
+ENV_RDZV_ENDPOINT: Final = "KUBEFT_RDZV_ENDPOINT"  # host:port of index 0 (the headless Service)
+ENV_RDZV_ID: Final = "KUBEFT_RDZV_ID"  # the FineTuneJob's UID
+ENV_METRICS_PORTS: Final = "KUBEFT_METRICS_PORTS"  # one metrics port per local rank, comma-separated
+ENV_NODE_RANK: Final = "JOB_COMPLETION_INDEX"  # set by the Indexed Job controller
+RDZV_PORT: Final = 29400
+RDZV_PORT_NAME: Final = "rdzv"
 
 # Keys the storage credentials Secret (spec.storage.credentialsSecret) must hold.
 SECRET_ACCESS_KEY: Final = "accessKey"

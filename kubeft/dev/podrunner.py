@@ -16,8 +16,12 @@ as a local process, the way a kubelet would:
   kubeconfig (KUBECONFIG), so the process talks to the API server with exactly the
   RBAC rights the pod would have;
 - ports: each container port gets a free local port (named ports are exported as
-  KUBEFT_<NAME>_PORT, the metrics port as KUBEFT_METRICS_PORT), and the metrics port
-  is registered as a Prometheus scrape target with namespace/pod/job labels;
+  KUBEFT_<NAME>_PORT, the metrics port as KUBEFT_METRICS_PORT, and the container port numbers in
+  KUBEFT_METRICS_PORTS become theirs), and the metrics ports (``metrics``, ``metrics-N``)
+  are registered as Prometheus scrape targets with namespace/pod/job labels;
+- DNS of a headless Service: an env value naming ``<hostname>.<subdomain>.<ns>.svc[:port]`` of a
+  pod this runner runs (an Indexed Job's ``<job>-<index>``) becomes 127.0.0.1 and that pod's local
+  port; a pod that names one not started yet waits for it (as its rendezvous would);
 - status: Running with container state, then Succeeded/Failed with exit code, reason
   and the termination message the process wrote (KUBEFT_TERMINATION_LOG);
 - deletion: SIGTERM, the pod's grace period, then SIGKILL; the pod's status then says how the
@@ -34,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -59,6 +64,19 @@ PASS_ENV = ("LANG", "LC_ALL", "TMPDIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
+_SVC_NAME = re.compile(
+    r"(?P<host>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.(?P<sub>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\."
+    r"(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?(:(?P<port>\d+))?"
+)
+
+
+def _dns_name(pod: Any) -> str | None:
+    """The pod's name under its headless Service: ``<hostname>.<subdomain>.<namespace>.svc``."""
+    if not pod.spec.hostname or not pod.spec.subdomain:
+        return None
+    return f"{pod.spec.hostname}.{pod.spec.subdomain}.{pod.metadata.namespace}.svc"
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -82,6 +100,11 @@ class Running:
     termination_log: Path
     scrape_target: str | None = None
     deleting: bool = field(default=False)
+    dns_name: str | None = None  # <hostname>.<subdomain>.<namespace>.svc
+
+
+class _NotYet(Exception):
+    """The pod names another pod (by its Service DNS name) that is not running yet."""
 
 
 class PodRunner:
@@ -95,6 +118,7 @@ class PodRunner:
         self.targets_dir = targets_dir
         self.running: dict[str, Running] = {}
         self.done: set[str] = set()
+        self.endpoints: dict[str, dict[int, int]] = {}  # pod DNS name → container port → local port
         self.lock = threading.Lock()
 
     # --- main loop ---------------------------------------------------------
@@ -142,7 +166,7 @@ class PodRunner:
         try:
             container = pod.spec.containers[0]
             mounts = self._materialise_volumes(pod, container, workdir)
-            env, target = self._env(pod, container, workdir, mounts)
+            env, targets, ports = self._env(pod, container, workdir, mounts)
             argv = [*(container.command or []), *(container.args or [])]
             if not argv:
                 raise RuntimeError(
@@ -151,6 +175,9 @@ class PodRunner:
             exe = shutil.which(argv[0], path=env["PATH"])
             if exe is None:
                 raise RuntimeError(f"executable {argv[0]!r} not found on PATH {env['PATH']}")
+        except _NotYet as exc:
+            log.info("pod %s/%s waits: %s", ns, name, exc)
+            return
         except Exception as exc:
             log.warning("pod %s/%s cannot start: %s", ns, name, exc)
             self._report_failed_to_start(pod, str(exc))
@@ -168,8 +195,11 @@ class PodRunner:
         )
         logfile.close()
         run = Running(uid, ns, name, proc, workdir, _now(), Path(env[contract.ENV_TERMINATION_LOG]))
-        if target:
-            run.scrape_target = self._add_scrape_target(pod, target)
+        run.dns_name = _dns_name(pod)
+        if run.dns_name:
+            self.endpoints[run.dns_name] = ports
+        if targets:
+            run.scrape_target = self._add_scrape_target(pod, targets)
         with self.lock:
             self.running[uid] = run
         log.info(
@@ -267,7 +297,7 @@ class PodRunner:
 
     def _env(
         self, pod: Any, container: Any, workdir: Path, mounts: dict[str, Path]
-    ) -> tuple[dict[str, str], Any]:
+    ) -> tuple[dict[str, str], list[str], dict[int, int]]:
         bindir = str(Path(sys.executable).parent)
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env.update(
@@ -325,15 +355,33 @@ class PodRunner:
         env["KUBECONFIG"] = str(self._kubeconfig(pod, workdir))
         env[contract.ENV_TERMINATION_LOG] = str(workdir / "termination-log")
         # ports: every container port gets a free local one
-        metrics_target = None
+        targets = []
+        ports: dict[int, int] = {}
         for port in container.ports or []:
-            local = _free_port()
+            local = ports[port.container_port] = _free_port()
             if port.name:
                 env[f"KUBEFT_{port.name.upper().replace('-', '_')}_PORT"] = str(local)
             if port.name == contract.METRICS_PORT_NAME or port.container_port == contract.METRICS_PORT:
                 env[contract.ENV_METRICS_PORT] = str(local)
-                metrics_target = f"127.0.0.1:{local}"
-        return env, metrics_target
+            if (port.name or "").startswith(contract.METRICS_PORT_NAME):
+                targets.append(f"127.0.0.1:{local}")
+        if contract.ENV_METRICS_PORTS in env:
+            env[contract.ENV_METRICS_PORTS] = ",".join(
+                str(ports.get(int(p), p)) for p in env[contract.ENV_METRICS_PORTS].split(",") if p.strip()
+            )
+        own = _dns_name(pod)
+        for key, value in list(env.items()):
+            env[key] = _SVC_NAME.sub(lambda m: self._resolve(m, own, ports), value)
+        return env, targets, ports
+
+    def _resolve(self, match: re.Match[str], own: str | None, own_ports: dict[int, int]) -> str:
+        """``<host>.<sub>.<ns>.svc[.cluster.local][:port]`` → 127.0.0.1[:local port] of that pod."""
+        name = f"{match['host']}.{match['sub']}.{match['ns']}.svc"
+        ports = own_ports if name == own else self.endpoints.get(name)
+        if ports is None:
+            raise _NotYet(f"{name} is not running yet")
+        port = match["port"]
+        return "127.0.0.1" + (f":{ports.get(int(port), int(port))}" if port else "")
 
     @staticmethod
     def _field(pod: Any, path: str) -> str:
@@ -387,12 +435,12 @@ class PodRunner:
         path.chmod(0o600)
         return path
 
-    def _add_scrape_target(self, pod: Any, address: str) -> str:
+    def _add_scrape_target(self, pod: Any, addresses: list[str]) -> str:
         labels = pod.metadata.labels or {}
         name = f"pod_{pod.metadata.namespace}_{pod.metadata.name}"
         doc = [
             {
-                "targets": [address],
+                "targets": addresses,
                 "labels": {
                     "job": labels.get(contract.LABEL_COMPONENT, "pod"),
                     "namespace": pod.metadata.namespace,
@@ -478,6 +526,8 @@ class PodRunner:
         code = run.proc.wait()
         with self.lock:
             self.running.pop(run.uid, None)
+            if run.dns_name:
+                self.endpoints.pop(run.dns_name, None)
             self.done.add(run.uid)
         if run.scrape_target:
             (self.targets_dir / f"{run.scrape_target}.json").unlink(missing_ok=True)

@@ -258,6 +258,8 @@ class Kube:
             _create(
                 lambda: self.rbac.create_namespaced_role_binding(ns, resources.get_role_binding(job, plan))
             )
+            if plan.world_size > 1:
+                _create(lambda: self.core.create_namespaced_service(ns, resources.get_service(job, plan)))
             cm = resources.get_config_map(job, plan)
             if not _create(lambda: self.core.create_namespaced_config_map(ns, cm)):
                 self.core.replace_namespaced_config_map(cm.metadata.name, ns, cm)

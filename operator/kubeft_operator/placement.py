@@ -162,8 +162,10 @@ def eligible_classes(
     products: Sequence[str] = (),
     node_selector: Mapping[str, str] | None = None,
     min_memory_bytes: int = 0,
+    node_count: int = 1,
 ) -> list[GpuClass]:
-    """Classes the spec allows: product filter, node selector, GPUs per node, minimum memory."""
+    """Classes the spec allows: product filter, node selector, minimum memory, and at least
+    ``node_count`` nodes with ``gpu_count`` GPUs each."""
     out: list[GpuClass] = []
     wanted = {p.upper() for p in products}
     for c in classes:
@@ -176,7 +178,7 @@ def eligible_classes(
             for n in c.nodes
             if n.gpus >= gpu_count and all(n.labels.get(k) == v for k, v in (node_selector or {}).items())
         )
-        if nodes:
+        if len(nodes) >= node_count:
             out.append(GpuClass(product=c.product, memory_bytes=c.memory_bytes, nodes=nodes))
     return out
 
@@ -184,6 +186,10 @@ def eligible_classes(
 def required_bytes(estimate: est.Estimate, margin: float) -> int:
     """GPU memory a job needs: the estimate plus the safety margin."""
     return int(estimate.total * (1.0 + margin))
+
+
+def nodes_text(n: int) -> str:
+    return "a ready node" if n == 1 else f"{n} ready nodes"
 
 
 def _gib(n: int) -> str:
@@ -198,6 +204,7 @@ def choose(
     gpu_count: int = 1,
     margin: float = 0.10,
     queued: bool = False,
+    node_count: int = 1,
 ) -> Placement:
     """Picks the method (``auto``: the most accurate that fits the largest class) and the GPU class.
 
@@ -214,7 +221,10 @@ def choose(
         return Placement(
             ok=False,
             reason=cond.NO_GPU_NODES,
-            message="no ready node with GPUs matches the job's gpus, gpuProducts, nodeSelector and gpuMemory",
+            message=(
+                f"no GPU class has {nodes_text(node_count)} with {gpu_count} GPU{'s' * (gpu_count > 1)} "
+                "each matching the job's gpuProducts, nodeSelector and gpuMemory"
+            ),
             method=first,
             estimate=estimates[first],
         )
@@ -240,7 +250,7 @@ def choose(
     estimate = estimates[method]
     need = required_bytes(estimate, margin)
     fitting = [c for c in classes if c.memory_bytes >= need]
-    free = [c for c in fitting if c.max_free_per_node >= gpu_count]
+    free = [c for c in fitting if sum(1 for n in c.nodes if n.free >= gpu_count) >= node_count]
     chosen = (free or fitting)[0]
     why_method = ""
     if requested == "auto":

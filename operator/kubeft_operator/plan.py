@@ -27,7 +27,13 @@ class Plan:
     bucket: str = ""
     has_hf_token: bool = False
     queue: str | None = None  # the Kueue LocalQueue; None: the Job runs at once
+    strategy: est.Strategy = "ddp"  # resolved; with more than one GPU, how they share the work
+    nodes: int = 1  # pods of the Indexed Job, one per node, each with gpu_count GPUs
     settings: Settings = field(default_factory=Settings)
+
+    @property
+    def world_size(self) -> int:
+        return self.gpu_count * self.nodes
 
     @property
     def gpu_products(self) -> tuple[str, ...]:

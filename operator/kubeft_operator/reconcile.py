@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubeft import contract
@@ -445,6 +445,40 @@ def _quota(b: _Builder, message: str) -> None:
         b.events.append(("Warning", cond.QUOTA_EXCEEDED, cond.cap(text)))
 
 
+def _place(
+    spec: Any, shape: est.ModelShape, classes: Sequence[pl.GpuClass], settings: Settings, queued: bool
+) -> tuple[pl.Placement, est.Strategy, dict[est.Method, est.Estimate]]:
+    """Method, strategy and GPU class. ``auto`` strategy: DDP when a replica fits one GPU, else FSDP
+    (whichever lets the more accurate method fit; DDP on a tie). One GPU: no strategy to choose."""
+    wanted = spec.distributed.strategy
+    strategies: tuple[est.Strategy, ...] = ("ddp", "fsdp") if wanted == "auto" else (wanted,)
+    if spec.world_size == 1:
+        strategies = ("ddp",)
+    options = []
+    for strategy in strategies:
+        estimates = {
+            m: est.estimate(shape, est.Setup.from_spec(spec, m, strategy)) for m in spec.candidate_methods()
+        }
+        res = spec.resources
+        choice = pl.choose(classes, estimates, spec.method, gpu_count=res.gpus, margin=settings.memory_margin,
+                           queued=queued, node_count=res.nodes)  # fmt: skip
+        options.append((choice, strategy, estimates))
+    fitting = [o for o in options if o[0].ok]
+    if not fitting:
+        return options[0]
+    rank = {m: i for i, m in enumerate(est.METHODS)}  # most accurate first
+    best = min(fitting, key=lambda o: (rank[o[0].method], strategies.index(o[1])))
+    if len(strategies) > 1:
+        choice, strategy, estimates = best
+        why = "a replica fits one GPU" if strategy == "ddp" else "no replica fits one GPU: sharded"
+        best = (
+            replace(choice, message=f"strategy auto chose {strategy} ({why}); {choice.message}"),
+            strategy,
+            estimates,
+        )
+    return best
+
+
 def quota_wait(job: FineTuneJob, message: str, now: dt.datetime) -> Decision:
     """Creating the trainer Job itself was refused by a ResourceQuota (e.g. on count/jobs.batch)."""
     b = _Builder(job, now)
@@ -464,13 +498,6 @@ def _create(b: _Builder, job: FineTuneJob, inputs: Inputs | None, settings: Sett
         return b.result()
     b.condition(cond.VALIDATED, True, cond.SPEC_VALID, "spec, model config and credentials are usable")
 
-    methods = spec.candidate_methods()
-    try:
-        estimates = {m: est.estimate(inputs.shape, est.Setup.from_spec(spec, m)) for m in methods}
-    except est.EstimateError as exc:
-        b.condition(cond.VALIDATED, False, cond.INVALID_SPEC, str(exc))
-        b.phase("Pending", str(exc), cond.INVALID_SPEC, warning=True)
-        return b.result()
     res = spec.resources
     min_memory = 0
     if res.gpu_memory != "auto":
@@ -481,9 +508,16 @@ def _create(b: _Builder, job: FineTuneJob, inputs: Inputs | None, settings: Sett
         products=res.gpu_products,
         node_selector=res.node_selector,
         min_memory_bytes=min_memory,
+        node_count=res.nodes,
     )
-    choice = pl.choose(classes, estimates, spec.method, gpu_count=res.gpus, margin=settings.memory_margin,
-                       queued=inputs.queue is not None)  # fmt: skip
+    try:
+        choice, strategy, estimates = _place(
+            spec, inputs.shape, classes, settings, queued=inputs.queue is not None
+        )
+    except est.EstimateError as exc:
+        b.condition(cond.VALIDATED, False, cond.INVALID_SPEC, str(exc))
+        b.phase("Pending", str(exc), cond.INVALID_SPEC, warning=True)
+        return b.result()
     vram = choice.estimate.to_dict() if choice.estimate else {}
     vram["profile"] = "configured"
     vram["reason"] = choice.message
@@ -501,17 +535,24 @@ def _create(b: _Builder, job: FineTuneJob, inputs: Inputs | None, settings: Sett
     if inputs.queue:
         gpu["candidates"] = [{"product": c.product, "memoryBytes": c.memory_bytes} for c in allowed]
     b.status["gpu"] = gpu
+    if spec.world_size > 1:
+        b.status["distributed"] = {
+            "strategy": strategy, "worldSize": spec.world_size, "nodes": res.nodes, "gpusPerNode": res.gpus,
+            "globalBatch": spec.global_batch,
+        }  # fmt: skip
     plan = Plan(
         method=choice.method,
         gpu_classes=tuple(allowed),
         gpu_count=res.gpus,
         estimate=estimates[choice.method],
-        profiles=est.estimate_profiles(inputs.shape, est.Setup.from_spec(spec, choice.method)),
+        profiles=est.estimate_profiles(inputs.shape, est.Setup.from_spec(spec, choice.method, strategy)),
         shape=inputs.shape,
         endpoint=spec.storage.endpoint or settings.default_storage_endpoint,
         bucket=spec.storage.bucket or settings.default_bucket,
         has_hf_token=inputs.has_hf_token,
         queue=inputs.queue,
+        strategy=strategy,
+        nodes=res.nodes,
         settings=settings,
     )
     name = resources.trainer_job_name(job)

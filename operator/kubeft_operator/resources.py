@@ -110,6 +110,7 @@ def trainer_config(job: FineTuneJob, plan: Plan) -> dict[str, Any]:
     """
     spec = job.spec.model_dump(by_alias=True, mode="json", exclude_none=True)
     spec["method"] = plan.method
+    spec["distributed"] = {"strategy": plan.strategy}  # resolved: never auto
     if plan.method == "full":  # LoRA settings (their defaults, or auto's) mean nothing to full training
         spec.get("hyperparameters", {}).pop("lora", None)
     spec["storage"]["endpoint"] = plan.endpoint
@@ -206,7 +207,52 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
         env.append(from_secret(contract.ENV_HF_TOKEN, contract.SECRET_HF_TOKEN, optional=True))
     if source_claims(job):
         env.append(client.V1EnvVar(name=contract.ENV_PVC_ROOT, value=contract.PVC_ROOT))
+    if plan.world_size > 1:
+        gpus = plan.gpu_count
+        env += [
+            client.V1EnvVar(name=contract.ENV_NNODES, value=str(plan.nodes)),
+            client.V1EnvVar(name=contract.ENV_NPROC_PER_NODE, value=str(gpus)),
+            client.V1EnvVar(name=contract.ENV_RDZV_ENDPOINT, value=rendezvous_endpoint(job)),
+            client.V1EnvVar(name=contract.ENV_RDZV_ID, value=job.uid or job.name),
+        ]
+        if gpus > 1:
+            ports = ",".join(str(contract.METRICS_PORT + r) for r in range(gpus))
+            env.append(client.V1EnvVar(name=contract.ENV_METRICS_PORTS, value=ports))
     return env
+
+
+def rendezvous_endpoint(job: FineTuneJob) -> str:
+    """host:port of the pod of index 0, through the headless Service (stable pod DNS names)."""
+    name = trainer_job_name(job)
+    return f"{name}-0.{name}.{job.namespace}.svc:{contract.RDZV_PORT}"
+
+
+def _ports(plan: Plan) -> list[client.V1ContainerPort]:
+    """Metrics (one port per local rank) and, with more than one pod or GPU, the rendezvous."""
+    ports = [client.V1ContainerPort(name=contract.METRICS_PORT_NAME, container_port=contract.METRICS_PORT)]
+    for rank in range(1, plan.gpu_count):
+        ports.append(
+            client.V1ContainerPort(
+                name=f"{contract.METRICS_PORT_NAME}-{rank}", container_port=contract.METRICS_PORT + rank
+            )
+        )
+    if plan.world_size > 1:
+        ports.append(client.V1ContainerPort(name=contract.RDZV_PORT_NAME, container_port=contract.RDZV_PORT))
+    return ports
+
+
+def get_service(job: FineTuneJob, plan: Plan) -> client.V1Service:
+    """The headless Service that gives each trainer pod a stable DNS name (<job>-trainer-<index>),
+    for torchrun's rendezvous; only jobs on more than one GPU have one."""
+    return client.V1Service(
+        metadata=_meta(job, trainer_job_name(job)),
+        spec=client.V1ServiceSpec(
+            cluster_ip="None",
+            publish_not_ready_addresses=True,  # the ranks meet before any is ready
+            selector={contract.LABEL_JOB: job.name, contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER},
+            ports=[client.V1ServicePort(name=contract.RDZV_PORT_NAME, port=contract.RDZV_PORT)],
+        ),
+    )
 
 
 def _affinity(plan: Plan) -> client.V1Affinity:
@@ -269,7 +315,7 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
         image_pull_policy=plan.settings.trainer_image_pull_policy,
         command=list(plan.settings.trainer_command),
         env=_env(job, plan),
-        ports=[client.V1ContainerPort(name=contract.METRICS_PORT_NAME, container_port=contract.METRICS_PORT)],
+        ports=_ports(plan),
         resources=client.V1ResourceRequirements(limits=limits, requests=requests),
         volume_mounts=[
             client.V1VolumeMount(name=CONFIG_VOLUME, mount_path=contract.TRAINER_CONFIG_DIR, read_only=True),
@@ -293,6 +339,8 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
         spec=client.V1PodSpec(
             containers=[container],
             restart_policy="Never",  # retries are the Job's: a new pod, its pod failure policy, backoffLimit
+            # with the headless Service, pod <job>-trainer-<index> is <job>-trainer-<index>.<job>-trainer
+            subdomain=trainer_job_name(job) if plan.world_size > 1 else None,
             service_account_name=trainer_name(job),
             automount_service_account_token=True,  # the trainer patches its job's status with it
             enable_service_links=False,
@@ -374,9 +422,10 @@ def get_trainer_job(job: FineTuneJob, plan: Plan) -> client.V1Job:
         metadata=_meta(job, trainer_job_name(job), extra),
         spec=client.V1JobSpec(
             completion_mode="Indexed",
-            completions=1,
-            parallelism=1,
-            backoff_limit=spec.backoff_limit,
+            completions=plan.nodes,
+            parallelism=plan.nodes,
+            # one crash ends the whole gang (collective timeouts): each of its pods fails once
+            backoff_limit=spec.backoff_limit * plan.nodes,
             active_deadline_seconds=spec.active_deadline_seconds,
             pod_failure_policy=pod_failure_policy(),
             pod_replacement_policy="Failed",

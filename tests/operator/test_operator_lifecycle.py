@@ -668,3 +668,26 @@ def test_an_evicted_pod_costs_no_retry_and_the_job_starts_another(
     assert not status.get("restarts") and status["pod"] == second.metadata.name
     trainer_job = client.BatchV1Api(core_v1.api_client).read_namespaced_job("evictable-trainer", ns)
     assert not trainer_job.status.failed and trainer_job.spec.backoff_limit == 0
+
+
+def test_a_two_node_job_is_two_indexed_pods_that_meet_at_index_0_through_the_headless_service(
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, api_client: Any, ftj: Any
+) -> None:
+    ns = jobs.ns
+    with run_operator() as runner:
+        jobs.create(ftj.job_manifest("ok-two-nodes", resources={"nodes": 2}))
+        ftj.wait_for(lambda: phase(jobs, "ok-two-nodes") == "Succeeded", timeout=90, what="Succeeded")
+    assert runner.exception is None
+    status = jobs.get("ok-two-nodes")["status"]
+    assert status["distributed"]["worldSize"] == 2 and status["distributed"]["nodes"] == 2
+    svc = core_v1.read_namespaced_service("ok-two-nodes-trainer", ns)
+    assert svc.spec.cluster_ip == "None"
+    pods = sorted(job_pods(core_v1, ns, "ok-two-nodes"), key=lambda p: p.spec.hostname)
+    assert [p.spec.hostname for p in pods] == ["ok-two-nodes-trainer-0", "ok-two-nodes-trainer-1"]
+    assert {p.spec.subdomain for p in pods} == {"ok-two-nodes-trainer"}
+    assert len({p.spec.node_name for p in pods}) == 2  # one L4 node each
+    said = [p.status.container_statuses[0].state.terminated.message for p in pods]
+    assert said[0].startswith("index 0 met [1] at 127.0.0.1:")  # the pod runner resolved the name
+    assert said[1].startswith("index 1 met index 0 at 127.0.0.1:")
+    trainer_job = client.BatchV1Api(api_client).read_namespaced_job("ok-two-nodes-trainer", ns)
+    assert trainer_job.status.succeeded == 2

@@ -669,3 +669,64 @@ def test_kstatus_ready_on_success_and_stalled_on_failure() -> None:
     got = {c["type"]: c for c in failed.status["conditions"]}
     assert (got["Ready"]["status"], got["Stalled"]["status"]) == ("False", "True")
     assert got["Stalled"]["reason"] == cond.BACKOFF_LIMIT_EXCEEDED
+
+
+# --- more than one GPU --------------------------------------------------------------------
+def test_two_gpus_on_one_node_run_two_ranks_of_one_pod_with_a_rendezvous() -> None:
+    j = job(resources={"gpus": 2})
+    d = decide(j, NONE, inputs(), SETTINGS, NOW)
+    assert d.create is not None
+    # the L4 nodes have one GPU each: the smallest class with two on one node is the A100's
+    assert d.create.gpu_products == ("NVIDIA-A100-SXM4-40GB",) and d.create.world_size == 2
+    assert d.status["distributed"] == {
+        "strategy": "ddp", "worldSize": 2, "nodes": 1, "gpusPerNode": 2, "globalBatch": 2 * 4 * 2,
+    }  # fmt: skip
+    assert "strategy auto chose ddp (a replica fits one GPU)" in d.status["vram"]["reason"]
+    body = resources.get_trainer_job(j, d.create)
+    assert (body.spec.completions, body.spec.parallelism, body.spec.backoff_limit) == (1, 1, 3)
+    pod = body.spec.template.spec
+    c = pod.containers[0]
+    env = {e.name: e.value for e in c.env}
+    assert env[contract.ENV_NPROC_PER_NODE] == "2" and env[contract.ENV_NNODES] == "1"
+    assert env[contract.ENV_RDZV_ENDPOINT] == "j-trainer-0.j-trainer.ns.svc:29400"
+    assert env[contract.ENV_RDZV_ID] == "uid-1" and env[contract.ENV_METRICS_PORTS] == "9400,9401"
+    assert [(p.name, p.container_port) for p in c.ports] == [
+        ("metrics", 9400),
+        ("metrics-1", 9401),
+        ("rdzv", 29400),
+    ]
+    assert c.resources.limits[contract.RESOURCE_GPU] == "2" and pod.subdomain == "j-trainer"
+    svc = resources.get_service(j, d.create)
+    assert svc.metadata.name == "j-trainer" and svc.spec.cluster_ip == "None"
+    assert svc.spec.publish_not_ready_addresses and svc.spec.selector == {
+        contract.LABEL_JOB: "j", contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER,
+    }  # fmt: skip
+    doc = json.loads(resources.get_config_map(j, d.create).data[contract.TRAINER_CONFIG_FILE])
+    assert doc["spec"]["distributed"] == {"strategy": "ddp"} and doc["spec"]["resources"]["gpus"] == 2
+
+
+def test_two_nodes_are_two_pods_of_the_indexed_job_and_a_gang_failure_counts_once_per_pod() -> None:
+    j = job(resources={"nodes": 2}, backoffLimit=2)
+    d = decide(j, NONE, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.create.gpu_products == ("NVIDIA-L4",)  # two L4 nodes
+    body = resources.get_trainer_job(j, d.create)
+    assert (body.spec.completions, body.spec.parallelism, body.spec.backoff_limit) == (2, 2, 4)
+    assert body.spec.completion_mode == "Indexed"
+    env = {e.name: e.value for e in body.spec.template.spec.containers[0].env}
+    assert env[contract.ENV_NNODES] == "2" and env[contract.ENV_NPROC_PER_NODE] == "1"
+    assert contract.ENV_METRICS_PORTS not in env
+    # one GPU, one node: no rendezvous, no Service, no subdomain
+    one = decide(job(), NONE, inputs(), SETTINGS, NOW)
+    assert one.create is not None and "distributed" not in one.status
+    single = resources.get_trainer_job(job(), one.create).spec.template.spec
+    assert single.subdomain is None and contract.ENV_RDZV_ENDPOINT not in {
+        e.name for e in single.containers[0].env
+    }
+
+
+def test_more_gpus_or_nodes_than_the_cluster_has_is_a_condition_before_any_pod() -> None:
+    d = decide(job(resources={"gpus": 8, "nodes": 2}), NONE, inputs(), SETTINGS, NOW)
+    assert d.create is None and d.status["phase"] == "Pending"
+    c = cond.get_condition(d.status["conditions"], cond.SCHEDULABLE)
+    assert c is not None and c["reason"] == cond.NO_GPU_NODES
+    assert "no GPU class has 2 ready nodes with 8 GPUs each" in c["message"]
