@@ -136,9 +136,15 @@ def install_operator(info: Any) -> None:
         "storage.bucket": OUTPUT_BUCKET,
         "image.operator.repository": "kubeft/operator",
         "image.trainer.repository": "kubeft/trainer",
+        "admissionPolicies.create": "false",  # applied below, once for the whole stack
     }
     sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
     chart = str(REPO / "charts" / "kubeft")
+    from kubeft.dev.kube import apply_admission_policies, apply_crds
+
+    api = _api(info)
+    apply_crds(api, sorted((REPO / "crds").glob("*.yaml")))  # helm leaves an existing CRD as it was
+    apply_admission_policies(api, REPO / "charts" / "kubeft" / "files" / "admission-policies.yaml")
     res = subprocess.run(
         [str(helm), "upgrade", "--install", "kubeft", chart, "--kubeconfig", str(info.kubeconfig),
          "--namespace", RELEASE_NAMESPACE, "--create-namespace", *sets, "--wait", "--timeout", "3m"],
@@ -235,9 +241,13 @@ def watch(api: Any, timeout: float, namespace: str = NAMESPACE, name: str = JOB)
 
 def _progress_line(phase: str, status: dict[str, Any], p: dict[str, Any]) -> str:
     parts = [f"{phase:<12}"]
+    queue = status.get("queue") or {}
+    if phase == "Queued" and queue.get("name"):
+        parts.append(f"(LocalQueue {queue['name']}: Kueue admits it)")
     if phase in ("Pending", "Scheduling", "Initializing") and status.get("gpu"):
         gpu = status["gpu"]
-        parts.append(f"on {status.get('node', '?')} ({gpu.get('product', '?')})")
+        on = f" on flavor {queue['flavor']}" if queue.get("flavor") else ""
+        parts.append(f"on {status.get('node', '?')} ({gpu.get('product', '?')}{on})")
     if phase == "Initializing" and p.get("message"):  # the trainer's stage: download, load, ...
         parts.append(f"— {p['message']}")
     if p.get("totalSteps"):

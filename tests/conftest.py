@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,10 +74,13 @@ def custom_objects(api_client: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def kubeft_crds(stack: StackInfo, api_client: Any) -> list[str]:
-    """Applies every CRD under crds/ to the stack and waits until each is Established."""
-    from kubeft.dev.kube import apply_crds
+    """Applies every CRD under crds/ (waiting until each is Established) and kubeft's admission policies."""
+    from kubeft.dev.kube import apply_admission_policies, apply_crds
 
-    return apply_crds(api_client, sorted((REPO / "crds").glob("*.yaml")))
+    names = apply_crds(api_client, sorted((REPO / "crds").glob("*.yaml")))
+    apply_admission_policies(api_client, REPO / "charts" / "kubeft" / "files" / "admission-policies.yaml")
+    time.sleep(2)  # the API server's policy informer picks them up
+    return names
 
 
 @pytest.fixture()

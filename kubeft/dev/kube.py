@@ -41,6 +41,43 @@ def wait_for_service_account(api: Any, namespace: str, name: str = "default", ti
         time.sleep(0.2)
 
 
+def apply_admission_policies(api: Any, path: Path) -> list[str]:
+    """Creates or replaces each ValidatingAdmissionPolicy (and binding) in ``path``; returns their names.
+
+    The API server starts enforcing them within a second or so (its policy informer)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    admission = client.AdmissionregistrationV1Api(api)
+    calls = {
+        "ValidatingAdmissionPolicy": (
+            admission.create_validating_admission_policy,
+            admission.read_validating_admission_policy,
+            admission.replace_validating_admission_policy,
+        ),
+        "ValidatingAdmissionPolicyBinding": (
+            admission.create_validating_admission_policy_binding,
+            admission.read_validating_admission_policy_binding,
+            admission.replace_validating_admission_policy_binding,
+        ),
+    }
+    names = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc or doc.get("kind") not in calls:
+            continue
+        create, read, replace = calls[doc["kind"]]
+        name = doc["metadata"]["name"]
+        try:
+            create(doc)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            doc["metadata"]["resourceVersion"] = read(name).metadata.resource_version
+            replace(name, doc)
+        names.append(name)
+    return names
+
+
 def apply_crds(api: Any, paths: Iterable[Path], timeout: float = 60.0) -> list[str]:
     """Creates or replaces each CRD in `paths` and waits until the API server serves it."""
     from kubernetes import client

@@ -105,12 +105,39 @@ def cluster_queue(nodes: tuple[gpu_nodes.NodeSpec, ...] = gpu_nodes.NODES) -> di
     }
 
 
-def local_queue(namespace: str, name: str = LOCAL_QUEUE) -> dict[str, Any]:
+def preempting_queue(name: str, namespace: str, gpu_product: str, gpus: int) -> dict[str, Any]:
+    """A small ClusterQueue for one namespace: `gpus` GPUs of one class, and within it a job of a
+    higher priority preempts lower ones (tests and demos of Kueue's preemption)."""
+    resources = [
+        {"name": "cpu", "nominalQuota": "64"},
+        {"name": "memory", "nominalQuota": "512Gi"},
+        {"name": contract.RESOURCE_GPU, "nominalQuota": str(gpus)},
+    ]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ClusterQueue",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "resourceGroups": [
+                {
+                    "coveredResources": list(COVERED_RESOURCES),
+                    "flavors": [{"name": flavor_name(gpu_product), "resources": resources}],
+                }
+            ],
+            "preemption": {"withinClusterQueue": "LowerPriority"},
+        },
+    }
+
+
+def local_queue(
+    namespace: str, name: str = LOCAL_QUEUE, cluster_queue: str = CLUSTER_QUEUE
+) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "LocalQueue",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"clusterQueue": CLUSTER_QUEUE},
+        "spec": {"clusterQueue": cluster_queue},
     }
 
 

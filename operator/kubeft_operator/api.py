@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubeft.profile import Profile
 from kubeft.spec import FineTuneJobSpec, SpecError, parse_spec
 
 __all__ = ["FineTuneJob", "FineTuneJobSpec", "InvalidSpec"]
@@ -32,14 +33,19 @@ class FineTuneJob(BaseModel):
     spec: FineTuneJobSpec
     status: dict[str, Any] = Field(default_factory=dict)
     deletion_timestamp: str | None = None
+    profile: Profile | None = None  # the namespace's FineTuneProfile, whose defaults are in ``spec``
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> FineTuneJob:
-        """Parses a FineTuneJob object as the API returns it; raises :class:`InvalidSpec`."""
+    def from_body(cls, body: Mapping[str, Any], profile: Profile | None = None) -> FineTuneJob:
+        """Parses a FineTuneJob object as the API returns it, with ``profile``'s defaults filled in
+        where the job has none; raises :class:`InvalidSpec`."""
         meta = body.get("metadata") or {}
+        raw = dict(body.get("spec") or {})
+        if profile is not None:
+            raw = profile.apply_defaults(raw)
         try:
             # lenient: the apiserver checked the object against the CRD, which may be newer than us
-            spec = parse_spec(body.get("spec") or {}, strict=False)
+            spec = parse_spec(raw, strict=False)
             return cls(
                 name=meta["name"],
                 namespace=meta["namespace"],
@@ -48,11 +54,18 @@ class FineTuneJob(BaseModel):
                 spec=spec,
                 status=dict(body.get("status") or {}),
                 deletion_timestamp=meta.get("deletionTimestamp"),
+                profile=profile,
             )
         except KeyError as exc:
             raise InvalidSpec(f"metadata.{exc.args[0]} is missing") from exc
         except SpecError as exc:
             raise InvalidSpec(str(exc)) from exc
+
+    def profile_violations(self) -> list[str]:
+        """What the namespace's profile forbids in this job now (the profile may have changed since)."""
+        if self.profile is None:
+            return []
+        return self.profile.violations(self.spec.model_dump(by_alias=True, mode="json", exclude_none=True))
 
     @property
     def phase(self) -> str:

@@ -52,12 +52,20 @@ POD_FAILED: Final = "PodFailed"
 POD_LOST: Final = "PodLost"
 TRAINER_JOB_LOST: Final = "TrainerJobLost"  # the trainer Job was deleted behind the operator's back
 OOM_KILLED: Final = "OOMKilled"
+PROFILE_VIOLATION: Final = "ProfileViolation"  # the namespace's FineTuneProfile forbids the job (now)
 QUOTA_EXCEEDED: Final = "QuotaExceeded"  # a ResourceQuota refused the trainer pod: the job waits
 
 # Waiting reasons that need someone to act (a Secret to create, a spec or cluster to change): Stalled.
 # The others (a dataset or claim not there yet, a quota, a retry's backoff) resolve on their own.
 NEEDS_INTERVENTION: Final = frozenset(
-    {INVALID_SPEC, SECRET_NOT_FOUND, SECRET_KEY_MISSING, INSUFFICIENT_GPU_MEMORY, NO_GPU_NODES}
+    {
+        INVALID_SPEC,
+        SECRET_NOT_FOUND,
+        SECRET_KEY_MISSING,
+        INSUFFICIENT_GPU_MEMORY,
+        NO_GPU_NODES,
+        PROFILE_VIOLATION,
+    }
 )
 
 MAX_MESSAGE: Final = 1024

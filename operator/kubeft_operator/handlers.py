@@ -15,12 +15,13 @@ from typing import Any
 import kopf
 
 from kubeft import contract
+from kubeft import profile as profiles
 
 from . import conditions as cond
 from . import metrics
 from .api import FineTuneJob, InvalidSpec
 from .kube import Kube, QuotaExceeded, utcnow
-from .reconcile import Observed, decide, iso, needs_inputs, quota_wait
+from .reconcile import Inputs, Observed, decide, iso, needs_inputs, quota_wait
 from .settings import Settings
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -43,6 +44,9 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
     )
     settings.posting.enabled = False  # events are few and written by the reconcile, not log lines
     memo.settings = Settings.from_env()  # fresh per run; only the timer interval is fixed at import
+    if memo.settings.peering:  # a replica that stops renewing itself this long is taken for dead
+        settings.peering.lifetime = memo.settings.peering_lifetime_seconds
+        settings.peering.mandatory = True
     memo.kube = Kube.from_environment()
     metrics.start(memo.settings.metrics_port)
     logger.info("kubeft operator started; trainer image %s", memo.settings.trainer_image)
@@ -59,6 +63,37 @@ def needs_ticks(status: Any, spec: Any, **_: Any) -> bool:
     )
 
 
+@kopf.index("", "v1", "namespaces")
+def namespace_profiles(name: str, labels: Any, **_: Any) -> dict[str, str] | None:
+    """Namespace → the FineTuneProfile its label names (from the watch: no request per tick)."""
+    chosen = labels.get(profiles.LABEL_PROFILE)
+    return {name: chosen} if chosen else None
+
+
+@kopf.index(contract.GROUP, contract.VERSION, profiles.PLURAL)
+def profile_specs(body: Any, name: str, **_: Any) -> dict[str, profiles.Profile]:
+    """FineTuneProfile name → its parsed spec (from the watch)."""
+    return {name: profiles.Profile.from_body(body)}
+
+
+@kopf.on.resume(contract.GROUP, contract.VERSION, profiles.PLURAL)
+@kopf.on.create(contract.GROUP, contract.VERSION, profiles.PLURAL)
+def bind_profile(name: str, uid: str, memo: Any, logger: Logger, **_: Any) -> None:
+    """Each FineTuneProfile gets its ValidatingAdmissionPolicyBinding: the API server then checks
+    the jobs of the namespaces labelled with it against its limits at `kubectl apply`."""
+    memo.kube.ensure_profile_binding(name, uid)
+    logger.info("admission policy %s bound to profile %s", profiles.POLICY, name)
+
+
+def namespace_profile(namespace: str, namespace_profiles: Any, profile_specs: Any) -> profiles.Profile | None:
+    """The Profile of ``namespace`` from the indexes; None when it has none (or it does not exist)."""
+    for chosen in namespace_profiles.get(namespace, ()):
+        for found in profile_specs.get(chosen, ()):
+            return found  # type: ignore[no-any-return]
+        return profiles.Profile(name=chosen, limits=profiles.Limits(methods=()))  # named but missing
+    return None
+
+
 @kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
 def follow_phase(type: str | None, name: str, namespace: str | None, status: Any, **_: Any) -> None:
     """Keeps ``kubeft_operator_job_phase`` true for every job from the watch alone, finished ones
@@ -73,12 +108,13 @@ def follow_phase(type: str | None, name: str, namespace: str | None, status: Any
     interval=SETTINGS.reconcile_interval_seconds,
     when=needs_ticks,
 )
-def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
-    """Moves one FineTuneJob one step forward."""
+def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, **kwargs: Any) -> None:
+    """Moves one FineTuneJob one step forward (kwargs: kopf's indexes)."""
     assert namespace is not None  # FineTuneJob is namespaced
     started = time.monotonic()
+    profile = namespace_profile(namespace, kwargs["namespace_profiles"], kwargs["profile_specs"])
     try:
-        reconcile(memo.kube, memo.settings, namespace, name, logger)
+        reconcile(memo.kube, memo.settings, namespace, name, logger, profile)
     except kopf.TemporaryError:
         raise
     except Exception as exc:
@@ -98,13 +134,14 @@ def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, *
     retries=5,
     backoff=10,
 )
-def clean_up(body: Any, memo: Any, logger: Logger, **_: Any) -> None:
+def clean_up(body: Any, memo: Any, logger: Logger, namespace: str | None, **kwargs: Any) -> None:
     """``spec.cleanup: Delete``: the run's checkpoints and artifacts go before the job does.
 
     Only such jobs carry the finalizer. Storage away: retried (5 times, then the job is let go,
     with the objects left and a warning, rather than kept undeletable).
     """
-    job = FineTuneJob.from_body(body)
+    profile = namespace_profile(namespace or "", kwargs["namespace_profiles"], kwargs["profile_specs"])
+    job = FineTuneJob.from_body(body, profile)
     try:
         where, count = memo.kube.delete_run_objects(job, memo.settings)
     except LookupError as exc:
@@ -115,13 +152,16 @@ def clean_up(body: Any, memo: Any, logger: Logger, **_: Any) -> None:
     logger.info("spec.cleanup: Delete: removed %d objects under %s", count, where)
 
 
-def reconcile(kube: Kube, settings: Settings, namespace: str, name: str, logger: Logger) -> None:
-    """Reads the job and its pods, decides, applies the decision and writes the status."""
+def reconcile(
+    kube: Kube, settings: Settings, namespace: str, name: str, logger: Logger,
+    profile: profiles.Profile | None = None,
+) -> None:  # fmt: skip
+    """Reads the job and its trainer Job, decides, applies the decision and writes the status."""
     body = kube.get_job(namespace, name)
     if body is None:
         return
     try:
-        job = FineTuneJob.from_body(body)
+        job = FineTuneJob.from_body(body, profile)
     except InvalidSpec as exc:
         meta = body["metadata"]
         logger.warning("invalid spec: %s", exc)
@@ -142,7 +182,14 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str, logger:
         return
     now = utcnow()
     observed = kube.observe(job) if job.phase not in contract.TERMINAL_PHASES else Observed()
-    inputs = kube.inputs(job, settings) if needs_inputs(job, observed) else None
+    inputs = None
+    if needs_inputs(job, observed):
+        violations = job.profile_violations()
+        if violations and job.profile is not None:  # the profile was tightened after the job was made
+            text = f"FineTuneProfile {job.profile.name} forbids this job now: {'; '.join(violations)}"
+            inputs = Inputs(invalid_reason=cond.PROFILE_VIOLATION, invalid_message=text)
+        else:
+            inputs = kube.inputs(job, settings)
     decision = decide(job, observed, inputs, settings, now)
     try:
         kube.apply(job, decision, logger)

@@ -21,6 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kubeft import contract
+from kubeft import profile as profiles
 
 from . import conditions as cond
 from . import modelconfig, resources
@@ -223,6 +224,19 @@ class Kube:
         classes = pl.gpu_classes(pl.gpu_nodes(nodes, bound))
         hf_token = contract.SECRET_HF_TOKEN in data
         return Inputs(classes=classes, shape=shape, has_hf_token=hf_token, queue=queue)
+
+    def ensure_profile_binding(self, profile_name: str, uid: str) -> None:
+        """Creates (or replaces) the admission policy binding of one FineTuneProfile."""
+        body = profiles.binding(profile_name, uid)
+        api = client.AdmissionregistrationV1Api(self.api)
+        try:
+            api.create_validating_admission_policy_binding(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            current = api.read_validating_admission_policy_binding(body["metadata"]["name"])
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            api.replace_validating_admission_policy_binding(body["metadata"]["name"], body)
 
     # --- writing -------------------------------------------------------------------
     def apply(self, job: FineTuneJob, decision: Decision, logger: Logger) -> None:

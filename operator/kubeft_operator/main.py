@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 from collections.abc import Sequence
 
 import kopf
@@ -32,7 +33,10 @@ def cli(argv: Sequence[str] | None = None) -> None:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=liveness,
-        standalone=True,  # one replica; leader election is left to the Deployment (replicas: 1)
+        # replicas > 1: kopf peering elects the one that acts (the highest priority)
+        standalone=not settings.peering,
+        peering_name=settings.peering or None,
+        priority=(settings.peering_priority or random.randint(1, 2**31 - 1)) if settings.peering else None,
     )
 
 

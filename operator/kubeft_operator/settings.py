@@ -36,6 +36,12 @@ class Settings(BaseModel):
     # final checkpoint: the floor plus twice (write, then upload) the checkpoint at this rate
     termination_grace_floor_seconds: int = Field(default=120, ge=0)
     checkpoint_bytes_per_second: float = Field(default=50e6, gt=0)
+    # more than one replica: the kopf peering object they share ("" runs standalone, one replica);
+    # the highest priority acts, the others pause; 0 picks a random one per process. A replica that
+    # stops renewing itself for the lifetime is taken for dead and the next one takes over.
+    peering: str = ""
+    peering_priority: int = Field(default=0, ge=0)
+    peering_lifetime_seconds: int = Field(default=10, ge=2)
     metrics_port: int = Field(default=8080, ge=0, le=65535)  # 0: no /metrics server
     liveness_port: int = Field(default=8081, ge=0, le=65535)  # 0: no /healthz endpoint
     model_config_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -39,12 +39,22 @@ def test_chart_lints_clean() -> None:
     assert "0 chart(s) failed" in out
 
 
-def test_chart_crd_is_the_crds_directory_file() -> None:
-    chart_crd = CHART / "crds" / "kubeft.io_finetunejobs.yaml"
-    assert chart_crd.is_symlink(), "the chart's CRD must be a link to crds/, never a copy"
+def test_chart_crds_are_the_crds_directory_files_and_its_policies_the_files_one() -> None:
+    sources = sorted((REPO / "crds").glob("*.yaml"))
+    for source in sources:
+        chart_crd = CHART / "crds" / source.name
+        assert chart_crd.is_symlink(), "the chart's CRDs must be links to crds/, never copies"
     rendered = by_kind(render(), "CustomResourceDefinition")
-    source = yaml.safe_load((REPO / "crds" / "kubeft.io_finetunejobs.yaml").read_text())
-    assert rendered == [source]
+    files = [d for s in sources for d in yaml.safe_load_all(s.read_text()) if d]
+    assert sorted(rendered, key=lambda d: d["metadata"]["name"]) == sorted(
+        files, key=lambda d: d["metadata"]["name"]
+    )
+    policies = [d for d in render() if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    files = [d for d in yaml.safe_load_all((CHART / "files" / "admission-policies.yaml").read_text()) if d]
+    assert policies == files and {d["metadata"]["name"] for d in files} == {
+        "kubeft-profile-limits", "kubeft-storage-required",
+    }  # fmt: skip
+    assert not [d for d in render("admissionPolicies.create=false") if "AdmissionPolicy" in d["kind"]]
 
 
 def test_operator_deployment_is_locked_down() -> None:
@@ -88,11 +98,14 @@ def test_cluster_wide_by_default_namespaced_when_watch_list_given() -> None:
     docs = render("watchNamespaces={team-a,team-b}")
     (cluster_role,) = by_kind(docs, "ClusterRole")
     # cluster-wide only reads: nodes, namespaces, CRDs, and listing pods (GPUs in use); no rights
-    # on jobs, secrets or writes outside the list
+    # on jobs, secrets or writes outside the list, except the cluster-scoped FineTuneProfiles
+    # (kopf's progress annotations) and their admission policy bindings
     rules = {res: r["verbs"] for r in cluster_role["rules"] for res in r["resources"]}
-    assert set(rules) == {"nodes", "namespaces", "customresourcedefinitions", "pods"}
+    writes = {"finetuneprofiles", "validatingadmissionpolicybindings", "clusterkopfpeerings", "kopfpeerings"}
+    assert set(rules) == {"nodes", "namespaces", "customresourcedefinitions", "pods", *writes}
     assert rules["pods"] == ["list"]
-    assert all(set(v) <= {"get", "list", "watch"} for v in rules.values())
+    assert all(set(v) <= {"get", "list", "watch"} for res, v in rules.items() if res not in writes)
+    assert set(rules["validatingadmissionpolicybindings"]) == {"get", "create", "update"}
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
@@ -197,3 +210,18 @@ def test_alerting_rules_pass_promtool_and_the_chart_installs_them_unchanged() ->
     }
     used = set(re.findall(r"kubeft_[a-z_]+", rules.read_text()))
     assert used <= exported, used - exported
+
+
+def test_more_than_one_replica_elects_a_leader_through_kopf_peering() -> None:
+    assert not [d for d in render() if d["kind"].endswith("KopfPeering")]
+    (deploy,) = by_kind(render(), "Deployment")
+    env = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "KUBEFT_PEERING" not in env and deploy["spec"]["strategy"]["type"] == "Recreate"
+    docs = render("operator.replicas=2")
+    (deploy,) = by_kind(docs, "Deployment")
+    env = {e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBEFT_PEERING"] == "kubeft" and env["KUBEFT_PEERING_LIFETIME_SECONDS"] == "10"
+    assert deploy["spec"]["replicas"] == 2
+    assert [d["metadata"]["name"] for d in by_kind(docs, "ClusterKopfPeering")] == ["kubeft"]
+    docs = render("operator.replicas=2", "watchNamespaces={team-a,team-b}")
+    assert sorted(d["metadata"]["namespace"] for d in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def e2e_namespace(stack: Any, api_client: Any) -> Iterator[str]:
+def e2e_namespace(stack: Any, api_client: Any, kubeft_crds: list[str]) -> Iterator[str]:
     """A namespace with the storage Secret, inputs in MinIO and an operator release watching it."""
     ns = f"e2e-{uuid.uuid4().hex[:8]}"
     demo.upload_inputs(stack)
@@ -41,6 +41,8 @@ def e2e_namespace(stack: Any, api_client: Any) -> Iterator[str]:
             f"storage.endpoint={stack.minio_endpoint}",
             "--set",
             f"storage.bucket={demo.OUTPUT_BUCKET}",
+            "--set",
+            "admissionPolicies.create=false",  # the kubeft_crds fixture applied them
             "--wait",
             "--timeout",
             "3m",
@@ -83,3 +85,17 @@ def apply(stack: Any, namespace: str, manifest: dict[str, Any]) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def wait_status(custom_objects: Any, ns: str, name: str, done: Any, timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = custom_objects.get_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, ns, contract.PLURAL, name
+        )
+        status = job.get("status") or {}
+        if done(status):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{ns}/{name}: status never got there: {status}")

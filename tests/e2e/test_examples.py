@@ -16,26 +16,12 @@ import yaml
 
 from kubeft import contract
 
-from .conftest import apply
+from .conftest import apply, wait_status
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-
-
-def wait_status(custom_objects: Any, ns: str, name: str, done: Any, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = custom_objects.get_namespaced_custom_object(
-            contract.GROUP, contract.VERSION, ns, contract.PLURAL, name
-        )
-        status = job.get("status") or {}
-        if done(status):
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"{ns}/{name}: status never got there: {status}")
 
 
 def delete_and_wait(custom_objects: Any, core_v1: Any, ns: str, name: str, timeout: float = 150) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from kubeft import contract, demo
 
-from .conftest import apply
+from .conftest import apply, wait_status
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -227,3 +227,61 @@ def test_a_failed_job_fires_the_kubeft_job_failed_alert_in_prometheus(
         time.sleep(1)
     assert alerts, "KubeftJobFailed never fired for the failed job"
     assert alerts[0]["annotations"]["summary"] == f"FineTuneJob {ns}/{name} failed"
+
+
+def test_a_job_preempted_by_kueue_saves_a_checkpoint_and_resumes_from_it_once_readmitted(
+    stack: Any, api_client: Any, core_v1: Any, custom_objects: Any, e2e_namespace: str
+) -> None:
+    """The real trainer under Kueue: a higher-priority job takes the only GPU of a small queue;
+    the running job's pod gets SIGTERM, checkpoints, costs no retry, and resumes when readmitted."""
+    from kubernetes import client
+
+    from kubeft.dev import queues
+
+    ns = e2e_namespace
+    cq = f"preempt-{ns}"
+    body = queues.preempting_queue(cq, ns, "NVIDIA-L4", gpus=1)
+    custom_objects.create_cluster_custom_object(queues.GROUP, queues.VERSION, "clusterqueues", body)
+    local = queues.local_queue(ns, "preemptible", cluster_queue=cq)
+    custom_objects.create_namespaced_custom_object(queues.GROUP, queues.VERSION, ns, "localqueues", local)
+    scheduling = client.SchedulingV1Api(api_client)
+    for pc, value in ((f"{cq}-low", 100), (f"{cq}-high", 1000)):
+        scheduling.create_priority_class(
+            client.V1PriorityClass(metadata=client.V1ObjectMeta(name=pc), value=value)
+        )
+    try:
+        patient = quickstart(
+            "patient", hyperparameters={"epochs": 8}, resources={"priorityClassName": f"{cq}-low"}
+        )
+        patient["spec"]["queueName"] = "preemptible"
+        apply(stack, ns, patient)
+        checkpointed = lambda s: ((s.get("checkpoints") or {}).get("step") or 0) >= 10  # noqa: E731
+        wait_status(custom_objects, ns, "patient", checkpointed, timeout=600)
+        urgent = quickstart(
+            "urgent", hyperparameters={"epochs": 2}, resources={"priorityClassName": f"{cq}-high"}
+        )
+        urgent["spec"]["queueName"] = "preemptible"
+        apply(stack, ns, urgent)
+        status = wait_status(custom_objects, ns, "patient",
+                             lambda s: s.get("phase") == "Queued" and "preempted" in s.get("message", ""),
+                             timeout=300)  # fmt: skip
+        assert "resumes from its latest checkpoint" in status["message"]
+        done = demo.watch(api_client, timeout=900, namespace=ns, name="urgent")
+        assert done is not None and done["status"]["phase"] == "Succeeded", done
+        job = demo.watch(api_client, timeout=900, namespace=ns, name="patient")
+        assert job is not None
+        status = job["status"]
+        assert status["phase"] == "Succeeded", status
+        assert not status.get("restarts")  # the preemption cost no retry
+        resumed = (status.get("progress") or {}).get("resumedFromStep")
+        assert resumed is not None and resumed >= 10, status["progress"]
+        trainer_job = client.BatchV1Api(api_client).read_namespaced_job("patient-trainer", ns)
+        assert not trainer_job.status.failed
+    finally:
+        for name in ("patient", "urgent"):
+            custom_objects.delete_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, ns, contract.PLURAL, name
+            )
+        for pc in (f"{cq}-low", f"{cq}-high"):
+            scheduling.delete_priority_class(pc)
+        custom_objects.delete_cluster_custom_object(queues.GROUP, queues.VERSION, "clusterqueues", cq)

@@ -32,6 +32,13 @@ def status(jobs: Any, name: str) -> dict[str, Any]:
     return dict(jobs.get(name).get("status") or {})
 
 
+def queued_saying(jobs: Any, name: str, word: str) -> str:
+    """The job's message while it is Queued and the message holds ``word``; else empty."""
+    st = status(jobs, name)
+    message = str(st.get("message", ""))
+    return message if st.get("phase") == "Queued" and word in message else ""
+
+
 def live_pods(core_v1: Any, namespace: str, name: str) -> list[Any]:
     pods = core_v1.list_namespaced_pod(namespace, label_selector=f"{contract.LABEL_JOB}={name}").items
     return [p for p in pods if not p.metadata.deletion_timestamp and p.status.phase in ("Pending", "Running")]
@@ -41,29 +48,9 @@ def live_pods(core_v1: Any, namespace: str, name: str) -> list[Any]:
 def small_queue(custom_objects: Any, api_client: Any, namespace: str) -> Iterator[str]:
     """A ClusterQueue with one L4 GPU that preempts lower priorities; LocalQueue `default` → it."""
     name = f"cq-{uuid.uuid4().hex[:6]}"
-    resources = [
-        {"name": "cpu", "nominalQuota": "64"},
-        {"name": "memory", "nominalQuota": "512Gi"},
-        {"name": contract.RESOURCE_GPU, "nominalQuota": "1"},
-    ]
-    body = {
-        "apiVersion": f"{queues.GROUP}/{queues.VERSION}",
-        "kind": "ClusterQueue",
-        "metadata": {"name": name},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "resourceGroups": [
-                {
-                    "coveredResources": list(queues.COVERED_RESOURCES),
-                    "flavors": [{"name": queues.flavor_name(L4), "resources": resources}],
-                }
-            ],
-            "preemption": {"withinClusterQueue": "LowerPriority"},
-        },
-    }
+    body = queues.preempting_queue(name, namespace, L4, gpus=1)
     custom_objects.create_cluster_custom_object(queues.GROUP, queues.VERSION, "clusterqueues", body)
-    local = queues.local_queue(namespace, "default")
-    local["spec"]["clusterQueue"] = name
+    local = queues.local_queue(namespace, "default", cluster_queue=name)
     custom_objects.create_namespaced_custom_object(
         queues.GROUP, queues.VERSION, namespace, "localqueues", local
     )
@@ -110,15 +97,9 @@ def test_a_job_is_queued_with_kueues_words_admitted_preempted_at_no_cost_and_rea
         # 2. no quota left: Queued, in Kueue's own words
         jobs.create(ftj.job_manifest("second", resources=low))
 
-        def queued_for_quota() -> str:
-            st = status(jobs, "second")
-            return (
-                st.get("message", "")
-                if st.get("phase") == "Queued" and "insufficient" in st.get("message", "")
-                else ""
-            )
-
-        message = ftj.wait_for(queued_for_quota, timeout=60, what="second Queued for quota")
+        message = ftj.wait_for(
+            lambda: queued_saying(jobs, "second", "insufficient"), timeout=60, what="second Queued for quota"
+        )
         assert "insufficient unused quota for nvidia.com/gpu in flavor l4, 1 more needed" in message
         assert live_pods(core_v1, ns, "second") == []
         admitted = ftj.condition(jobs.get("second"), "Admitted")
@@ -129,11 +110,8 @@ def test_a_job_is_queued_with_kueues_words_admitted_preempted_at_no_cost_and_rea
         first_pod = pod.metadata.uid
         jobs.create(ftj.job_manifest("urgent", resources=high))
 
-        def preempted() -> str:
-            st = status(jobs, "first")
-            return st.get("message", "") if st.get("phase") == "Queued" else ""
-
-        message = ftj.wait_for(preempted, timeout=90, what="first preempted back to Queued")
+        message = ftj.wait_for(lambda: queued_saying(jobs, "first", "preempted"), timeout=90,
+                               what="first preempted back to Queued")  # fmt: skip
         assert "preempted by Kueue" in message and "latest checkpoint" in message
         ftj.wait_for(lambda: phase(jobs, "urgent") == "Initializing", timeout=90, what="urgent Initializing")
         reasons = [
@@ -172,15 +150,9 @@ def test_a_queue_that_does_not_exist_is_kueues_message_on_a_queued_job(
     with run_operator() as runner:
         jobs.create(ftj.job_manifest("lost", queueName="no-such-queue"))
 
-        def queued() -> str:
-            st = status(jobs, "lost")
-            return (
-                st.get("message", "")
-                if st.get("phase") == "Queued" and "no-such-queue" in st.get("message", "")
-                else ""
-            )
-
-        message = ftj.wait_for(queued, what="Queued naming the queue")
+        message = ftj.wait_for(
+            lambda: queued_saying(jobs, "lost", "no-such-queue"), what="Queued naming the queue"
+        )
         ftj.wait_for(
             lambda: (
                 "exist" in status(jobs, "lost").get("message", "")

@@ -1,0 +1,157 @@
+"""FineTuneProfile: a platform team's defaults and limits for the FineTuneJobs of a namespace.
+
+A namespace chooses its profile with the label ``kubeft.io/profile=<name>``. The API server
+enforces the limits at ``kubectl apply`` (the ValidatingAdmissionPolicy kubeft-profile-limits,
+charts/kubeft/files/admission-policies.yaml); the operator fills the defaults into a job before it
+reads it, and checks the limits again (:func:`violations`) before the job starts, since a profile
+may have been tightened after the job was created. The two checks read the same fields;
+tests/operator/test_profiles.py runs the same bad jobs through both.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kubeft import contract
+
+KIND: Final = "FineTuneProfile"
+PLURAL: Final = "finetuneprofiles"
+LABEL_PROFILE: Final = f"{contract.GROUP}/profile"  # on a namespace: the name of its profile
+POLICY: Final = "kubeft-profile-limits"  # the ValidatingAdmissionPolicy; one binding per profile
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+class StorageDefaults(_Model):
+    endpoint: str | None = None
+    bucket: str | None = None
+    credentials_secret: str | None = None
+
+
+class Defaults(_Model):
+    storage: StorageDefaults = StorageDefaults()
+    queue_name: str | None = None
+    ttl_seconds_after_finished: int | None = None
+    priority_class_name: str | None = None
+    export_formats: tuple[str, ...] = ()
+
+
+class Limits(_Model):
+    model_source_prefixes: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    gpu_products: tuple[str, ...] | None = None
+    max_gpus: int | None = Field(default=None, ge=1)
+    max_nodes: int | None = Field(default=None, ge=1)
+    max_seq_length: int | None = Field(default=None, ge=1)
+    max_epochs: float | None = Field(default=None, ge=0)
+    storage_endpoint_prefixes: tuple[str, ...] | None = None
+
+
+class Profile(_Model):
+    """One FineTuneProfile (its ``metadata.name`` and ``spec``)."""
+
+    name: str
+    defaults: Defaults = Defaults()
+    limits: Limits = Limits()
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Profile:
+        spec = dict(body.get("spec") or {})
+        return cls.model_validate({"name": body["metadata"]["name"], **spec})
+
+    def apply_defaults(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """A job's spec (as stored: camelCase) with this profile's defaults where the job has none.
+
+        Without ``resources.gpuProducts`` a job of a profile that limits GPU classes is narrowed
+        to those classes, so placement never picks one the profile forbids.
+        """
+        out = copy.deepcopy(dict(spec))
+        d = self.defaults
+        storage = out.setdefault("storage", {})
+        for key, value in (
+            ("endpoint", d.storage.endpoint),
+            ("bucket", d.storage.bucket),
+            ("credentialsSecret", d.storage.credentials_secret),
+        ):
+            if value and not storage.get(key):
+                storage[key] = value
+        if d.queue_name and not out.get("queueName"):
+            out["queueName"] = d.queue_name
+        if d.ttl_seconds_after_finished is not None and out.get("ttlSecondsAfterFinished") is None:
+            out["ttlSecondsAfterFinished"] = d.ttl_seconds_after_finished
+        resources = out.setdefault("resources", {})
+        if d.priority_class_name and not resources.get("priorityClassName"):
+            resources["priorityClassName"] = d.priority_class_name
+        if self.limits.gpu_products and not resources.get("gpuProducts"):
+            resources["gpuProducts"] = list(self.limits.gpu_products)
+        if d.export_formats and not (out.get("export") or {}).get("formats"):
+            formats = [f for f in d.export_formats if not (out.get("method") == "full" and f == "adapter")]
+            if formats:
+                out.setdefault("export", {})["formats"] = formats
+        return out
+
+    def violations(self, spec: Mapping[str, Any]) -> list[str]:
+        """What in a job's spec (camelCase, defaults filled) this profile's limits forbid."""
+        lim = self.limits
+        out: list[str] = []
+        source = str((spec.get("model") or {}).get("source") or "")
+        if lim.model_source_prefixes is not None and not any(
+            source.startswith(p) for p in lim.model_source_prefixes
+        ):
+            out.append(
+                f"spec.model.source {source} must start with one of {', '.join(lim.model_source_prefixes)}"
+            )
+        method = str(spec.get("method") or "qlora")
+        if lim.methods is not None and method not in lim.methods:
+            out.append(f"spec.method {method}: use one of {', '.join(lim.methods)}")
+        res = spec.get("resources") or {}
+        products = list(res.get("gpuProducts") or [])
+        if lim.gpu_products is not None and not set(products) <= set(lim.gpu_products):
+            out.append(f"spec.resources.gpuProducts may only name {', '.join(lim.gpu_products)}")
+        gpus, nodes = int(res.get("gpus") or 1), int(res.get("nodes") or 1)
+        if lim.max_gpus is not None and gpus * nodes > lim.max_gpus:
+            out.append(f"{gpus * nodes} GPUs (gpus x nodes) is above maxGpus {lim.max_gpus}")
+        if lim.max_nodes is not None and nodes > lim.max_nodes:
+            out.append(f"spec.resources.nodes {nodes} is above maxNodes {lim.max_nodes}")
+        hp = spec.get("hyperparameters") or {}
+        seq = int(hp.get("maxSeqLength") or 2048)
+        if lim.max_seq_length is not None and seq > lim.max_seq_length:
+            out.append(f"spec.hyperparameters.maxSeqLength {seq} is above maxSeqLength {lim.max_seq_length}")
+        epochs = float(hp.get("epochs") or 1)
+        if lim.max_epochs is not None and epochs > lim.max_epochs:
+            out.append(f"spec.hyperparameters.epochs {epochs:g} is above maxEpochs {lim.max_epochs:g}")
+        endpoint = (spec.get("storage") or {}).get("endpoint")
+        prefixes = lim.storage_endpoint_prefixes
+        if prefixes is not None and endpoint and not any(str(endpoint).startswith(p) for p in prefixes):
+            out.append(f"spec.storage.endpoint {endpoint}: use one of {', '.join(prefixes)}")
+        return out
+
+
+def binding(profile_name: str, owner_uid: str) -> dict[str, Any]:
+    """The ValidatingAdmissionPolicyBinding that checks the namespaces of one profile against it."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {
+            "name": f"{POLICY}-{profile_name}",
+            "labels": {contract.LABEL_PART_OF: contract.MANAGED_BY, LABEL_PROFILE: profile_name},
+            # deleting the profile deletes its binding (garbage collector)
+            "ownerReferences": [
+                {"apiVersion": contract.API_VERSION, "kind": KIND, "name": profile_name, "uid": owner_uid}
+            ],
+        },
+        "spec": {
+            "policyName": POLICY,
+            # the profile going away must not lock its jobs (kopf's finalizers): the binding goes too
+            "paramRef": {"name": profile_name, "parameterNotFoundAction": "Allow"},
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {LABEL_PROFILE: profile_name}}},
+        },
+    }
