@@ -40,12 +40,12 @@ from kubeft_trainer.errors import EXIT_FAILED, InvalidInputError, TrainerError
 
 log = logging.getLogger(__name__)
 
-ENV_NNODES = "KUBEFT_NNODES"
-ENV_NPROC_PER_NODE = "KUBEFT_NPROC_PER_NODE"
-ENV_RDZV_ENDPOINT = "KUBEFT_RDZV_ENDPOINT"
-ENV_RDZV_ID = "KUBEFT_RDZV_ID"
+ENV_NNODES = contract.ENV_NNODES
+ENV_NPROC_PER_NODE = contract.ENV_NPROC_PER_NODE
+ENV_RDZV_ENDPOINT = contract.ENV_RDZV_ENDPOINT
+ENV_RDZV_ID = contract.ENV_RDZV_ID
 ENV_NODE_RANK = "JOB_COMPLETION_INDEX"  # the Indexed Job's pod index
-ENV_METRICS_PORTS = "KUBEFT_METRICS_PORTS"  # one port per local rank, comma-separated
+ENV_METRICS_PORTS = contract.ENV_METRICS_PORTS
 # Seconds a collective (all-reduce, barrier...) may wait for a rank before the gang fails: a dead
 # rank ends the run instead of hanging it. The Job then restarts the gang from the last checkpoint.
 ENV_COLLECTIVE_TIMEOUT = "KUBEFT_COLLECTIVE_TIMEOUT_SECONDS"
