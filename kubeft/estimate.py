@@ -15,7 +15,20 @@ Terms (bytes, all at the peak of one optimizer step):
 - ``optimizer``: optimizer state per trainable parameter;
 - ``activations``: saved activations (per token per layer, with or without gradient checkpointing);
 - ``logits``: the logits and cross-entropy buffers of the LM head (zero with a fused/chunked loss);
-- ``overhead``: CUDA context, dequantisation workspace and allocator slack.
+- ``overhead``: CUDA context, dequantisation workspace, NCCL's buffers (several GPUs) and allocator slack.
+
+Several GPUs (``Setup.world_size`` > 1) change the terms per GPU, by ``Setup.strategy``:
+
+- ``ddp``: every GPU holds the whole single-GPU peak, plus DDP's gradient buckets (a second copy
+  of the trainable parameters' gradients, which the all-reduce works on) in ``gradients`` and
+  NCCL's communicator buffers in ``overhead``;
+- ``fsdp`` (FSDP2, one unit per decoder layer plus the root: embeddings, lm_head, final norm):
+  parameters, adapters, gradients and optimizer states divided by the world size, plus the units
+  all-gathered at a time in ``weights`` (the root, gathered from its forward to the end of the
+  backward, and the layer computing plus the one prefetched) and, for full fine-tuning, their
+  unsharded gradients before the reduce-scatter in ``gradients``. QLoRA's 4-bit weights are
+  stored in the compute dtype for FSDP (``bnb_4bit_quant_storage``: same bytes, sharded); their
+  quantisation constants stay whole on every GPU. Activations and logits are per GPU either way.
 """
 
 from __future__ import annotations
@@ -137,6 +150,21 @@ class Constants:
     # states are allocated once, in few large blocks
     allocator_fraction: float = 0.1942
     allocator_static_fraction: float = 0.01999
+    # Several GPUs. NCCL's communicator buffers and streams beside the CUDA context (NVML sees them,
+    # torch.cuda.max_memory_* does not); to be calibrated on the 2-GPU bench
+    nccl_buffer_bytes: int = 512 * 1024 * 1024
+    # DDP's reducer copies each gradient into a bucket for the all-reduce: one more copy of them
+    ddp_bucket_copies: float = 1.0
+    # FSDP2 decoder-layer units all-gathered at a time: the one computing and the one prefetched
+    fsdp_prefetch_units: float = 2.0
+    # FSDP2's communication buffers of the root unit (embeddings, lm_head): the all-gather's output
+    # beside the unsharded parameters and, when trained, the reduce-scatter's input beside the
+    # gradient; copies of each (fitted: Llama-3.1-8B full fine-tuning on 2 H200s,
+    # bench/results/dist-h200x2-2026-11-30)
+    fsdp_root_buffer_copies: float = 1.0
+    # packed NF4 values per parameter (4 bits): what FSDP shards of a QLoRA linear weight; the rest
+    # of nf4_bytes_per_param (quantisation constants) stays whole on every GPU
+    nf4_packed_bytes_per_param: float = 0.5
 
 
 DEFAULT_CONSTANTS: Final = Constants()
@@ -443,6 +471,20 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
         gradients = trainable * c.adapter_grad_bytes_per_param
         optimizer = trainable * opt
 
+    distributed = setup.world_size > 1
+    if setup.world_size < 1:
+        raise EstimateError("world size must be at least 1")
+    if setup.strategy not in ("ddp", "fsdp"):
+        raise EstimateError(f"unknown strategy {setup.strategy!r}; known: ddp, fsdp")
+    fsdp = distributed and setup.strategy == "fsdp"
+    if distributed and setup.strategy == "ddp":
+        # the reducer's buckets: a copy of every trainable gradient
+        gradients *= 1.0 + c.ddp_bucket_copies
+    elif fsdp:
+        weights, adapters, gradients, optimizer = _fsdp_shards(
+            shape, setup, c, weights, adapters, gradients, optimizer
+        )
+
     tokens = setup.tokens
     a = activation_bytes_per_token_per_layer(shape, setup, c)
     if setup.gradient_checkpointing and setup.offload_activations:
@@ -475,12 +517,16 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
         # lookup's, added to the head's) briefly beside them. ``activations`` is what the first
         # exceeds the second by.
         head = shape.vocab_size * shape.hidden_size * c.full_grad_bytes_per_param
-        gradients += head if shape.tie_word_embeddings else 0.0
-        activations = max(0.0, activations + head - gradients)
+        # FSDP: the sharded gradients are small and the root's (the head's) is whole from the start of
+        # the backward, beside every activation: no trade between the two
+        if not fsdp:
+            gradients += head if shape.tie_word_embeddings else 0.0
+            activations = max(0.0, activations + head - gradients)
     dynamic = gradients + activations + logits + workspace
     static = weights + adapters + optimizer
     overhead = (
         c.cuda_context_bytes
+        + (c.nccl_buffer_bytes if distributed else 0)
         + workspace
         + c.allocator_fraction * dynamic
         + c.allocator_static_fraction * static
@@ -498,6 +544,46 @@ def estimate(shape: ModelShape, setup: Setup, constants: Constants = DEFAULT_CON
         trainable_params=trainable,
         total_params=total,
     )
+
+
+def _fsdp_shards(
+    shape: ModelShape,
+    setup: Setup,
+    c: Constants,
+    weights: float,
+    adapters: float,
+    gradients: float,
+    optimizer: float,
+) -> tuple[float, float, float, float]:
+    """Per-GPU weights, adapters, gradients and optimizer states under FSDP (see the module doc)."""
+    w = setup.world_size
+    layer_small = shape.small_params_per_layer
+    linear = shape.linear_params_per_layer
+    root = shape.embedding_params + shape.hidden_size  # embeddings, lm_head, final norm
+    if setup.method == "qlora":
+        nf4 = c.nf4_bytes_per_param if setup.double_quant else c.nf4_bytes_per_param_no_double_quant
+        n_linear = shape.num_layers * linear
+        constants = n_linear * max(0.0, nf4 - c.nf4_packed_bytes_per_param)  # replicated
+        weights = (weights - constants) / w + constants
+        layer_unit = linear * c.nf4_packed_bytes_per_param + layer_small * c.bf16_bytes_per_param
+        root_unit = root * c.qlora_embedding_bytes_per_param
+    else:
+        weights = weights / w
+        layer_unit = (linear + layer_small) * c.bf16_bytes_per_param
+        root_unit = root * c.bf16_bytes_per_param
+    if setup.method != "full":
+        adapter_layer = adapters / shape.num_layers  # a layer's adapters are gathered with it
+        layer_unit += adapter_layer
+    weights += root_unit * (1.0 + c.fsdp_root_buffer_copies) + c.fsdp_prefetch_units * layer_unit
+    adapters /= w
+    gradients /= w
+    optimizer /= w
+    if setup.method == "full":
+        # the root's and one layer's gradients whole, before they are reduce-scattered
+        root_grad = root * c.full_grad_bytes_per_param
+        gradients += root_grad * (1.0 + c.fsdp_root_buffer_copies)
+        gradients += (linear + layer_small) * c.full_grad_bytes_per_param
+    return weights, adapters, gradients, optimizer
 
 
 def checkpoint_bytes(estimate: Estimate) -> int:

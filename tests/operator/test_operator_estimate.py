@@ -193,3 +193,35 @@ def test_offloaded_layer_inputs_take_host_memory_only_when_offloaded() -> None:
     assert est.offload_host_bytes(shape, setup) == 4 * 2048 * 32 * 4096 * 2
     assert est.offload_host_bytes(shape, replace(setup, offload_activations=False)) == 0
     assert est.offload_host_bytes(shape, replace(setup, gradient_checkpointing=False)) == 0
+
+
+def test_several_gpus_ddp_replicates_and_fsdp_shards_per_gpu() -> None:
+    shape = est.known_shape("llama-3.1-8b")
+    full = est.Setup(
+        method="full", micro_batch=2, seq_len=2048, optimizer="adamw_torch", fused_cross_entropy=True
+    )
+    one = est.estimate(shape, full)
+    ddp = est.estimate(shape, replace(full, world_size=2, strategy="ddp"))
+    fsdp = [est.estimate(shape, replace(full, world_size=w, strategy="fsdp")) for w in (2, 4, 8)]
+    # DDP: the whole replica on every GPU, plus the gradient buckets and NCCL's buffers
+    assert ddp.weights == one.weights and ddp.optimizer == one.optimizer
+    assert ddp.gradients == 2 * one.gradients and ddp.overhead > one.overhead
+    # FSDP: optimizer states divided by the world; the per-GPU peak falls with more GPUs
+    assert fsdp[0].optimizer == math.ceil(one.optimizer / 2)
+    assert one.total > fsdp[0].total > fsdp[1].total > fsdp[2].total
+    # measured on 2 H200s (bench/results/dist-h200x2-2026-11-30): 66.5 GiB on one, 45.7 per GPU on two
+    assert 45.7 * 0.97 <= fsdp[0].total / est.GIB <= 45.7 * 1.08
+
+
+def test_fsdp_keeps_qlora_quantisation_constants_whole_on_every_gpu() -> None:
+    shape = est.known_shape("llama-3.1-8b")
+    q = est.Setup(method="qlora", micro_batch=1, seq_len=512)
+    w2 = est.estimate(shape, replace(q, world_size=2, strategy="fsdp"))
+    w8 = est.estimate(shape, replace(q, world_size=8, strategy="fsdp"))
+    constants = shape.num_layers * shape.linear_params_per_layer * (0.516 - 0.5)
+    assert w8.weights < w2.weights and w8.weights > constants
+    assert (
+        est.estimate(shape, replace(q, world_size=1, strategy="fsdp")).total == est.estimate(shape, q).total
+    )
+    with pytest.raises(est.EstimateError, match="strategy"):
+        est.estimate(shape, replace(q, world_size=2, strategy="zero3"))  # type: ignore[arg-type]

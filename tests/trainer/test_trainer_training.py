@@ -304,7 +304,7 @@ def test_metrics_endpoint_serves_training_series_with_job_labels(
         )
     finally:
         run.cleanup(True)
-    labels = f'{{job="{JOB}",namespace="{NS}"}}'
+    labels = f'{{job="{JOB}",namespace="{NS}",rank="0"}}'  # one process: rank 0
     for name in (
         "kubeft_trainer_train_loss",
         "kubeft_trainer_learning_rate",

@@ -97,16 +97,36 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def _write_termination(path: Path, reason: str, message: str) -> None:
+    body = json.dumps({"reason": reason, "message": message[:3500]})
     try:
-        path.write_text(json.dumps({"reason": reason, "message": message[:3500]}))
+        if "LOCAL_RANK" in os.environ:
+            # torchrun workers share the pod's termination log: the first failure is the cause
+            # (the others mostly follow from it)
+            _write_first(path, body)
+        else:
+            path.write_text(body)
     except OSError as exc:
         log.warning("cannot write the termination message to %s: %s", path, exc)
 
 
+def _write_first(path: Path, body: str) -> None:
+    """Writes ``body`` to ``path`` unless it already holds something (the kubelet creates it empty)."""
+    import fcntl
+
+    with path.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        if not f.read().strip():
+            f.truncate(0)
+            f.write(body)
+
+
 def setup_logging(verbose: bool = False) -> None:
+    # torchrun workers say which rank speaks
+    rank = f"[rank {os.environ['RANK']}] " if "LOCAL_RANK" in os.environ and "RANK" in os.environ else ""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {rank}%(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     # keep library chatter (download bars, per-module notices) out of the job log
@@ -127,8 +147,12 @@ def one_gpu() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script `kubeft-trainer`."""
-    one_gpu()
+    """Console script `kubeft-trainer`.
+
+    With a world of several processes ($KUBEFT_NNODES × $KUBEFT_NPROC_PER_NODE, see
+    kubeft_trainer.distributed) it starts torchrun, which runs this same command once per GPU.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="kubeft-trainer", description="Fine-tune an LLM for one FineTuneJob."
     )
@@ -136,7 +160,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    from kubeft_trainer import distributed
+
+    try:
+        launch = distributed.launch_from_env(os.environ)
+    except TrainerError as exc:
+        log.error("%s: %s", exc.reason, exc)
+        _write_termination(_termination_log(), exc.reason, str(exc))
+        return exc.exit_code
+    if launch is not None:
+        code = distributed.run_torchrun(launch, argv)
+        if code not in (contract.EXIT_OK, contract.EXIT_TERMINATED):
+            # the workers' own message, when one wrote it, says more than this
+            body = {
+                "reason": "TrainingFailed",
+                "message": f"training failed on node {launch.node_rank} (exit {code})",
+            }
+            try:
+                _write_first(_termination_log(), json.dumps(body))
+            except OSError as exc:
+                log.warning("cannot write the termination message: %s", exc)
+        return code
+    if "LOCAL_RANK" not in os.environ:
+        one_gpu()
     return run_from_args(args)
+
+
+def _termination_log() -> Path:
+    return Path(os.environ.get(contract.ENV_TERMINATION_LOG, contract.TERMINATION_LOG))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from typing import Any, cast
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from kubeft_trainer.checkpoint import LOCAL_PREFIX, Uploader
+from kubeft_trainer import distributed as dist_mod
+from kubeft_trainer.checkpoint import LOCAL_PREFIX, Uploader, upload_part
 from kubeft_trainer.metrics import TrainerMetrics
 from kubeft_trainer.status import StatusReporter
 
@@ -65,10 +66,13 @@ def _round(value: float, digits: int = 4) -> float:
 class ProgressCallback(TrainerCallback):
     """Per step: Prometheus gauges and the status progress; per eval: eval loss and perplexity."""
 
-    def __init__(self, metrics: TrainerMetrics, status: StatusReporter) -> None:
+    def __init__(
+        self, metrics: TrainerMetrics, status: StatusReporter, world: dict[str, int] | None = None
+    ) -> None:
         self.metrics = metrics
         self.status = status
-        self.progress: dict[str, Any] = {}
+        # globalBatch (rows per optimizer step over every GPU) and worldSize, shown from the start
+        self.progress: dict[str, Any] = dict(world or {})
         self._last_log_time: float | None = None
         self._last_tokens = 0
         self._step_start: float | None = None
@@ -197,17 +201,38 @@ class EvalScheduleCallback(TrainerCallback):
 
 
 class CheckpointCallback(TrainerCallback):
-    """Queues every checkpoint the Trainer saves for upload; turns SIGTERM into save-and-stop."""
+    """Queues every checkpoint the Trainer saves for upload; turns SIGTERM into save-and-stop.
 
-    def __init__(self, uploader: Uploader, stop: StopFlag) -> None:
+    Under torchrun: a SIGTERM seen by any rank stops every rank at the same step (an all-reduce of
+    the flag each step), so that they save together; rank 0 alone has an uploader. FSDP ranks on
+    other nodes write their shards to their own disks: each node's local rank 0 uploads its node's
+    files (:func:`upload_part`) and rank 0 lists them in the manifest, written last.
+    """
+
+    def __init__(
+        self,
+        uploader: Uploader | None,
+        stop: StopFlag,
+        rank: dist_mod.Rank | None = None,
+        device: Any = None,
+        sharded: bool = False,
+        store: Any = None,
+        job_root: str = "",
+    ) -> None:
         self.uploader = uploader
         self.stop = stop
+        self.rank = rank or dist_mod.Rank()
+        self.device = device
+        self.sharded = sharded  # FSDP: every rank's shards belong to the checkpoint
+        self.store = store
+        self.job_root = job_root
         self.stopped_early = False
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if self.stop.requested:
+        if dist_mod.any_rank(self.stop.requested, self.rank, self.device):
+            self.stop.set()
             control.should_save = True
             control.should_training_stop = True
             self.stopped_early = True
@@ -215,8 +240,28 @@ class CheckpointCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        local = Path(str(args.output_dir)) / f"{LOCAL_PREFIX}{state.global_step}"
-        self.uploader.submit(state.global_step, local)
+        step = state.global_step
+        local = Path(str(args.output_dir)) / f"{LOCAL_PREFIX}{step}"
+        others: list[dict[str, Any]] = []
+        if self.rank.distributed:
+            dist_mod.barrier(self.rank)  # every rank's files are written
+            if self.sharded and self.rank.nnodes > 1:
+                others = self._node_parts(step, local)
+        if self.uploader is not None:
+            self.uploader.submit(step, local, others)
+
+    def _node_parts(self, step: int, local: Path) -> list[dict[str, Any]]:
+        """FSDP on several nodes: the other nodes upload their shards; rank 0 gets their file lists."""
+        import json
+
+        key = f"checkpoint-{step}"
+        if self.rank.local_main and not self.rank.main:
+            files = upload_part(self.store, self.job_root, step, local)
+            dist_mod.publish(self.rank, key, json.dumps(files))
+            return []
+        if self.rank.main:
+            return [f for part in dist_mod.collect(self.rank, key) for f in json.loads(part)]
+        return []
 
 
 def trainable_tokens(batches: list[dict[str, Any]]) -> int:

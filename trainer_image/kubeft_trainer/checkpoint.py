@@ -105,6 +105,7 @@ def download_latest(
     policy: RetryPolicy,
     expect: Mapping[str, str] | None = None,
     step: int | None = None,
+    fits: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> tuple[int, Path] | None:
     """Downloads the newest complete checkpoint (or ``step``'s) into output_dir/checkpoint-N; None when
     there is none.
@@ -112,7 +113,8 @@ def download_latest(
     Files are checked against the manifest (size and sha256); a checkpoint that does not match
     is skipped for the next older one. ``expect`` (``method``, ``baseModel``) must equal what the
     manifest recorded, else :class:`IncompatibleCheckpoint`: a LoRA adapter trained on another base
-    model, or full weights, must not be loaded into this run.
+    model, or full weights, must not be loaded into this run. ``fits(manifest)`` says why this run
+    cannot resume it otherwise (FSDP shards of another world size), or None.
     """
     found = retry(lambda: list_checkpoints(store, job_root), "listing checkpoints", policy)
     for ckpt in reversed([c for c in found if c.complete and (step is None or c.step == step)]):
@@ -126,6 +128,9 @@ def download_latest(
             raise IncompatibleCheckpoint(
                 f"{store.uri(ckpt.prefix + '/')} was trained with {was}; this job has {now}"
             )
+        why = fits(manifest) if fits is not None else None
+        if why:
+            raise IncompatibleCheckpoint(f"{store.uri(ckpt.prefix + '/')} {why}")
         dest = output_dir / f"{LOCAL_PREFIX}{ckpt.step}"
         if dest.exists():
             shutil.rmtree(dest)
@@ -181,15 +186,19 @@ class Uploader:
         self.extra_manifest = extra_manifest or {}
         self.uploaded: list[UploadResult] = []
         self.error: BaseException | None = None
-        self._queue: queue.Queue[tuple[int, Path] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, Path, list[dict[str, Any]]] | None] = queue.Queue()
         self._abandon = False
         self._thread = threading.Thread(target=self._run, name="checkpoint-uploader", daemon=True)
         self._thread.start()
 
-    def submit(self, step: int, local_dir: Path) -> None:
-        """Queues the Trainer's checkpoint directory for `step`."""
+    def submit(self, step: int, local_dir: Path, others: list[dict[str, Any]] | None = None) -> None:
+        """Queues the Trainer's checkpoint directory for `step`.
+
+        `others`: manifest entries of files other nodes already uploaded to the step's prefix
+        (FSDP shards, :func:`upload_part`): listed in the manifest, never taken for stale.
+        """
         log.info("checkpoint step-%d saved locally; queued for upload", step)
-        self._queue.put((step, local_dir))
+        self._queue.put((step, local_dir, list(others or [])))
 
     def _run(self) -> None:
         while True:
@@ -197,9 +206,9 @@ class Uploader:
             try:
                 if item is None:
                     return
-                step, local_dir = item
+                step, local_dir, others = item
                 try:
-                    self._upload(step, local_dir)
+                    self._upload(step, local_dir, others)
                 except Exception as exc:
                     log.error("checkpoint step-%d was not uploaded: %s (kept at %s)", step, exc, local_dir)
                     self.error = exc
@@ -209,15 +218,17 @@ class Uploader:
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         return retry(fn, what, self.policy, on_retry=self.on_retry, should_stop=lambda: self._abandon)
 
-    def _upload(self, step: int, local_dir: Path) -> None:
+    def _upload(self, step: int, local_dir: Path, others: list[dict[str, Any]] | None = None) -> None:
         t0 = time.monotonic()
         prefix = contract.checkpoint_prefix(self.job_root, step)
         # A previous run may have left a partial upload of this step: clear it, manifest first.
+        theirs = {f"{prefix}/{f['path']}" for f in others or []}
         stale = self._call(lambda: self.store.list(prefix + "/"), f"listing {prefix}")
+        stale = [o for o in stale if o.key not in theirs]
         for obj in sorted(stale, key=lambda o: not o.key.endswith(contract.CHECKPOINT_MANIFEST)):
             self._call(lambda k=obj.key: self.store.delete(k), f"deleting stale {obj.key}")  # type: ignore[misc]
-        files = []
-        total = 0
+        files = list(others or [])
+        total = sum(int(f["bytes"]) for f in files)
         for rel in dir_files(local_dir):
             path = local_dir / rel
             key = f"{prefix}/{rel.as_posix()}"
@@ -290,3 +301,23 @@ class Uploader:
         """Stops the thread after the queue drains (call flush first to wait for uploads)."""
         self._queue.put(None)
         self._thread.join(timeout=5)
+
+
+def upload_part(
+    store: ObjectStore, job_root: str, step: int, local_dir: Path, policy: RetryPolicy | None = None
+) -> list[dict[str, Any]]:
+    """Uploads one node's files of a sharded (FSDP) checkpoint; returns their manifest entries.
+
+    Another node's rank 0 writes the manifest, with these entries, once its own files are up.
+    Local copies of older checkpoints are removed once this one is up.
+    """
+    prefix = contract.checkpoint_prefix(job_root, step)
+    files = []
+    for rel in dir_files(local_dir):
+        path = local_dir / rel
+        key = f"{prefix}/{rel.as_posix()}"
+        retry(lambda p=path, k=key: store.upload_file(p, k), f"uploading {key}", policy or RetryPolicy())  # type: ignore[misc]
+        files.append({"path": rel.as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    log.info("checkpoint step-%d: this node's %d file(s) uploaded", step, len(files))
+    Uploader._prune_local(step, local_dir)
+    return files

@@ -1,6 +1,7 @@
 """Prometheus metrics of one trainer run, served on /metrics (port $KUBEFT_METRICS_PORT).
 
-Every series carries the labels ``namespace`` and ``job`` (the FineTuneJob). Prometheus
+Every series carries the labels ``namespace`` and ``job`` (the FineTuneJob) and ``rank`` (the
+training process: 0 alone on one GPU; with torchrun every rank serves its own /metrics). Prometheus
 renames a scraped ``job``/``namespace`` label that clashes with its own target labels to
 ``exported_job``/``exported_namespace`` unless the scrape config sets honor_labels (the
 chart's PodMonitor does).
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 log = logging.getLogger(__name__)
 
 PREFIX = "kubeft_trainer"
-LABELS = ("namespace", "job")
+LABELS = ("namespace", "job", "rank")
 
 # name: (type, help)
 METRICS: dict[str, tuple[str, str]] = {
@@ -68,7 +69,7 @@ class TrainerMetrics:
     """The run's collectors, already labelled with its namespace and job."""
 
     registry: CollectorRegistry
-    labels: tuple[str, str]
+    labels: tuple[str, str, str]
     # gauge families: a labelled series appears on its first value, so a loss is never exported as 0
     gauges: dict[str, Any]
     counters: dict[str, Any]
@@ -76,7 +77,7 @@ class TrainerMetrics:
     server: Any = None
 
     @classmethod
-    def create(cls, namespace: str, job: str) -> TrainerMetrics:
+    def create(cls, namespace: str, job: str, rank: int = 0) -> TrainerMetrics:
         registry = CollectorRegistry()
         gauges: dict[str, Any] = {}
         counters: dict[str, Any] = {}
@@ -85,7 +86,7 @@ class TrainerMetrics:
                 gauges[name] = Gauge(f"{PREFIX}_{name}", help_text, LABELS, registry=registry)
             else:
                 counters[name] = Counter(f"{PREFIX}_{name}", help_text, LABELS, registry=registry).labels(
-                    namespace, job
+                    namespace, job, str(rank)
                 )
         upload = Histogram(
             f"{PREFIX}_checkpoint_upload_duration_seconds",
@@ -93,8 +94,8 @@ class TrainerMetrics:
             LABELS,
             buckets=UPLOAD_BUCKETS,
             registry=registry,
-        ).labels(namespace, job)
-        return cls(registry, (namespace, job), gauges, counters, upload)
+        ).labels(namespace, job, str(rank))
+        return cls(registry, (namespace, job, str(rank)), gauges, counters, upload)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Starts the /metrics HTTP server in a daemon thread; returns the bound port (port 0 picks one)."""
@@ -122,7 +123,9 @@ class TrainerMetrics:
         readings: dict[str, int] = {"process_resident_memory_bytes": resident_memory_bytes()}
         if torch.cuda.is_available():
             readings.update(
-                gpu_memory_total_bytes=torch.cuda.get_device_properties(0).total_memory,
+                gpu_memory_total_bytes=torch.cuda.get_device_properties(
+                    torch.cuda.current_device()
+                ).total_memory,
                 gpu_memory_allocated_bytes=torch.cuda.memory_allocated(),
                 gpu_memory_reserved_bytes=torch.cuda.memory_reserved(),
                 gpu_memory_peak_allocated_bytes=torch.cuda.max_memory_allocated(),

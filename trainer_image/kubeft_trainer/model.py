@@ -76,23 +76,38 @@ def load_tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-def quantization_config(hw: Hardware) -> Any:
-    """NF4 + double quantisation, compute in the hardware's dtype."""
+def quantization_config(hw: Hardware, fsdp: bool = False) -> Any:
+    """NF4 + double quantisation, compute in the hardware's dtype.
+
+    Under FSDP the packed 4-bit weights are stored in the compute dtype (``bnb_4bit_quant_storage``):
+    FSDP shards and gathers tensors of one dtype per unit, the adapters' and norms' dtype.
+    """
     from transformers import BitsAndBytesConfig
 
+    extra = {"bnb_4bit_quant_storage": hw.dtype} if fsdp else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=hw.dtype,
+        **extra,
     )
 
 
-def load_model(model_dir: Path, method: str, hw: Hardware, attn_implementation: str = "sdpa") -> Any:
+def load_model(
+    model_dir: Path,
+    method: str,
+    hw: Hardware,
+    attn_implementation: str = "sdpa",
+    device: int = 0,
+    fsdp: bool = False,
+) -> Any:
     """The base model for `method` (qlora | lora | full) on `hw`.
 
     `attn_implementation`: ``sdpa``, or :data:`kubeft_trainer.attention.ATTN_IMPLEMENTATION` for
-    padding-free packed rows (registered here).
+    padding-free packed rows (registered here). `device`: the CUDA device (the local rank under
+    torchrun). `fsdp`: loaded for FSDP to shard (host memory; QLoRA quantised onto the device with
+    its storage in the compute dtype).
     """
     from transformers import AutoModelForCausalLM
 
@@ -102,9 +117,10 @@ def load_model(model_dir: Path, method: str, hw: Hardware, attn_implementation: 
         attention.register()
     kwargs: dict[str, Any] = {"dtype": hw.dtype, "attn_implementation": attn_implementation}
     if method == "qlora":
-        kwargs["quantization_config"] = quantization_config(hw)
-    if hw.cuda:
-        kwargs["device_map"] = {"": 0}
+        kwargs["quantization_config"] = quantization_config(hw, fsdp)
+    if hw.cuda and (not fsdp or method == "qlora"):
+        # bitsandbytes quantises on the GPU; FSDP moves the others' shards there itself
+        kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as exc:

@@ -22,12 +22,14 @@ import os
 import re
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from kubeft import contract
 from kubeft_trainer import attention
 from kubeft_trainer import data as data_mod
+from kubeft_trainer import distributed as dist_mod
 from kubeft_trainer import export as export_mod
 from kubeft_trainer import profile as profile_mod
 from kubeft_trainer.callbacks import (
@@ -64,6 +66,9 @@ from kubeft_trainer.storage import RetryPolicy, Storage
 log = logging.getLogger(__name__)
 
 BNB_OPTIMIZERS = frozenset({"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
+# bitsandbytes' optimizers keep their states beside parameters that FSDP shards and regathers: they do
+# not work under FSDP (bitsandbytes-foundation/bitsandbytes#89); the operator refuses the combination
+FSDP_REFUSED_OPTIMIZERS = BNB_OPTIMIZERS
 FINAL_UPLOAD_TIMEOUT_SECONDS = 1800.0
 DEFAULT_BUCKET = "kubeft"  # local runs without spec.storage.bucket (the operator always sets one)
 GENERATION_MAX_NEW_TOKENS = 64
@@ -87,14 +92,22 @@ class Recipe:
         # the same name (a new UID) starts fresh
         self.job_root = contract.job_prefix(cfg.job.namespace, cfg.job.name, cfg.job.uid)
         self.stop = StopFlag()
-        self.metrics = TrainerMetrics.create(cfg.job.namespace, cfg.job.name)
-        self.status = status or make_reporter(
-            cfg.runtime.report_status,
-            cfg.job.namespace,
-            cfg.job.name,
-            cfg.runtime.status_interval_seconds,
-            uid=cfg.job.uid,
-        )
+        # several processes (torchrun): rank 0 alone writes the status, uploads and exports
+        self.rank = dist_mod.current()
+        self.metrics = TrainerMetrics.create(cfg.job.namespace, cfg.job.name, self.rank.rank)
+        if status is None:
+            status = (
+                make_reporter(
+                    cfg.runtime.report_status,
+                    cfg.job.namespace,
+                    cfg.job.name,
+                    cfg.runtime.status_interval_seconds,
+                    uid=cfg.job.uid,
+                )
+                if self.rank.main
+                else StatusReporter()
+            )
+        self.status = status
         self.retry_policy = retry_policy or RetryPolicy()
         self.storage = Storage(
             self.spec.storage.endpoint,
@@ -103,6 +116,11 @@ class Recipe:
             self.retry_policy,
         )
         self.hw: Hardware = detect_hardware()
+        self.strategy = self._strategy()
+        if self.hw.cuda and self.rank.distributed:
+            import torch
+
+            torch.cuda.set_device(self.rank.local_rank)
         self.metrics_port: int | None = None
         self.trainer: Any = None
         self.tokenizer: Any = None
@@ -111,6 +129,7 @@ class Recipe:
         self.resume_dir: Path | None = None
         self.datasets: data_mod.Datasets | None = None
         self.profile: profile_mod.Profile | None = None
+        self.args: Any = None
         self.summary: dict[str, Any] = {}
         self.artifacts: dict[str, str] = {}
         self._t0 = time.monotonic()
@@ -123,16 +142,25 @@ class Recipe:
         datasets.disable_progress_bars()
         self.stop.install()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.cfg.runtime.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.cfg.runtime.metrics_port)
+        port = dist_mod.metrics_port(self.cfg.runtime.metrics_port, self.rank)
+        if port is not None:
+            self.metrics_port = self.metrics.serve(port)
+        if self.rank.distributed:
+            self._join_world()
         store = self.storage.job_store
         source = self.spec.model.source
         self._stage(f"fetching the model {source}")
-        self.model_dir = self.storage.fetch(
-            source,
-            self.workdir / "model",
-            "spec.model.source",
-            self._download_progress(f"the model {source}"),
+        self.model_dir = dist_mod.node_first(
+            self.rank,
+            "model",
+            lambda: self.storage.fetch(
+                source,
+                self.workdir / "model",
+                "spec.model.source",
+                self._download_progress(f"the model {source}"),
+            ),
+            str,
+            Path,
         )
         self.tokenizer = load_tokenizer(self.model_dir)
         self._stage(f"preparing the dataset {self.spec.dataset.source}")
@@ -142,18 +170,31 @@ class Recipe:
         self._report_lengths()
         self._check_stop()
         self._stage("looking for a checkpoint to resume from")
-        resumed = self._resume(store)
+        resumed = dist_mod.node_first(
+            self.rank,
+            "resume",
+            lambda: self._resume(store),
+            lambda r: None if r is None else [r[0], str(r[1])],
+            lambda v: None if v is None else (int(v[0]), Path(v[1])),
+        )
         if resumed is not None:
             _, self.resume_dir = resumed
-        self.uploader = Uploader(
-            store,
-            self.job_root,
-            self.spec.checkpoints.keep,
-            self.retry_policy,
-            on_uploaded=self._on_checkpoint_uploaded,
-            on_retry=lambda exc: self.metrics.inc("checkpoint_upload_retries"),
-            extra_manifest={"method": self.method, "baseModel": self.spec.model.source},
-        )
+        if self.rank.main:
+            self.uploader = Uploader(
+                store,
+                self.job_root,
+                self.spec.checkpoints.keep,
+                self.retry_policy,
+                on_uploaded=self._on_checkpoint_uploaded,
+                on_retry=lambda exc: self.metrics.inc("checkpoint_upload_retries"),
+                extra_manifest={
+                    "method": self.method,
+                    "baseModel": self.spec.model.source,
+                    "strategy": self.strategy,
+                    "worldSize": self.rank.world_size,
+                },
+            )
+        host = profile_mod.available_host_memory()
         self.profile = profile_mod.choose(
             self.spec,
             self.method,
@@ -162,13 +203,25 @@ class Recipe:
             self.hw.memory_bytes,
             self.cfg.placement,
             os.environ.get(profile_mod.ENV_PROFILE, "auto"),
-            profile_mod.available_host_memory(),
+            # the node's processes share its host memory (offloaded activations are pinned there)
+            host // self.rank.local_world_size if host is not None else None,
         )
         # packed rows: each sample attends only to itself, without a (T×T) mask
         attn = attention.ATTN_IMPLEMENTATION if self.spec.hyperparameters.packing else "sdpa"
         quantised = " and quantising it to 4-bit NF4" if self.method == "qlora" and self.hw.cuda else ""
         self._stage(f"loading the model{quantised}")
-        model = load_model(self.model_dir, self.method, self.hw, attn)
+        if self.strategy == "fsdp":
+            # transformers reads the FSDP settings (rank 0 loads, the others wait for its weights)
+            # from the arguments' environment while it loads the model
+            self.args = self.training_args()
+        model = load_model(
+            self.model_dir,
+            self.method,
+            self.hw,
+            attn,
+            device=self.rank.local_rank,
+            fsdp=self.strategy == "fsdp",
+        )
         self._stage("building the trainer (LoRA adapters, packing, optimizer)")
         self.trainer = self._build_trainer(model)
         # malformed rows and cut samples stay visible in the status for the whole run; a clean
@@ -185,12 +238,13 @@ class Recipe:
         expect = {"method": self.method, "baseModel": self.spec.model.source}
         policy = self.storage._bounded()
         origin = self.spec.resume_from
+        fits = self._checkpoint_fits
         try:
-            resumed = download_latest(store, self.job_root, self.output_dir, policy, expect)
+            resumed = download_latest(store, self.job_root, self.output_dir, policy, expect, fits=fits)
             root, step = self.job_root, None
             if resumed is None and origin:
                 source, root, step = self._resume_source(origin)
-                resumed = download_latest(source, root, self.output_dir, policy, expect, step)
+                resumed = download_latest(source, root, self.output_dir, policy, expect, step, fits=fits)
                 if resumed is None:
                     what = f"step {step}" if step is not None else "a complete checkpoint"
                     raise InvalidInputError(f"spec.resumeFrom {origin}: {what} is not there")
@@ -206,6 +260,84 @@ class Recipe:
             latest["resumedFrom"] = origin
         self.status.update(checkpoints=latest)
         return resumed
+
+    def _checkpoint_fits(self, manifest: dict[str, Any]) -> str | None:
+        """Why a checkpoint cannot be resumed by this run's world (None: it can).
+
+        A DDP or one-GPU checkpoint holds whole weights and optimizer states: any world resumes it
+        (with another world size the global batch, and so the data order, changes; the log says
+        so). An FSDP checkpoint holds each rank's shards: it resumes under FSDP with the same world
+        size only.
+        """
+        was = str(manifest.get("strategy") or "ddp")
+        size = int(manifest.get("worldSize") or 1)
+        now, world = self.strategy, self.rank.world_size
+        if was == "fsdp" and (now != "fsdp" or size != world):
+            return (
+                f"holds FSDP shards of {size} GPUs; this job trains with {now} on {world} GPU(s) "
+                f"(resume it with distributed.strategy fsdp on {size} GPUs in all)"
+            )
+        if was != "fsdp" and now == "fsdp":
+            return (
+                f"holds whole weights ({'DDP on ' + str(size) + ' GPUs' if size > 1 else 'one GPU'}); "
+                "this job trains with fsdp, which resumes FSDP checkpoints only (use strategy ddp)"
+            )
+        if size != world:
+            log.warning(
+                "resuming a checkpoint made on %d GPU(s) with %d: the global batch is now %d rows",
+                size,
+                world,
+                self.spec.global_batch,
+            )
+        return None
+
+    def _strategy(self) -> str:
+        """ddp | fsdp: the operator resolves ``auto``; a local run of several processes takes ddp."""
+        wanted = self.spec.distributed.strategy
+        if not self.rank.distributed or wanted != "fsdp":
+            return "ddp"
+        if not self.hw.cuda:
+            # accelerate shards with FSDP on accelerators only; CPU processes (tests, laptops) replicate
+            log.warning("distributed.strategy fsdp needs GPUs: these CPU processes train as DDP")
+            return "ddp"
+        return "fsdp"
+
+    def _join_world(self) -> None:
+        """Makes the training arguments, which starts the process group (NCCL or gloo, with timeout)."""
+        hp = self.spec.hyperparameters
+        if self.strategy == "fsdp" and hp.optimizer in FSDP_REFUSED_OPTIMIZERS and self.hw.cuda:
+            raise InvalidInputError(
+                f"spec.hyperparameters.optimizer {hp.optimizer} (bitsandbytes) does not work with "
+                "distributed.strategy fsdp: use adamw_torch (or adamw_torch_fused), or strategy ddp"
+            )
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            # NCCL between GPUs, gloo on CPU; a collective that waits past the timeout (a dead rank)
+            # fails the process, and torchrun then ends the gang
+            dist.init_process_group(
+                dist_mod.backend(self.hw.cuda),
+                timeout=timedelta(seconds=dist_mod.collective_timeout()),
+                device_id=torch.device("cuda", self.rank.local_rank) if self.hw.cuda else None,
+            )
+        log.info(
+            "%s: %s over %s, global batch %d (batch %d × accumulation %d × %d GPUs), collective timeout %ds",
+            dist_mod.describe(self.rank),
+            self.strategy.upper(),
+            dist_mod.backend(self.hw.cuda),
+            self.global_batch,
+            hp.batch_size,
+            hp.gradient_accumulation,
+            self.rank.world_size,
+            dist_mod.collective_timeout(),
+        )
+
+    @property
+    def global_batch(self) -> int:
+        """Rows per optimizer step over the whole world: batch × accumulation × world size."""
+        hp = self.spec.hyperparameters
+        return hp.batch_size * hp.gradient_accumulation * self.rank.world_size
 
     def _resume_source(self, uri: str) -> tuple[Any, str, int | None]:
         """(store, job run prefix, step or None) of a ``spec.resumeFrom`` URI.
@@ -308,6 +440,22 @@ class Recipe:
         prof = self.profile or profile_mod.Profile(
             "configured", hp.batch_size, hp.gradient_accumulation, hp.gradient_checkpointing, False, None, ""
         )
+        parallel: dict[str, Any] = {}
+        checkpointing = prof.gradient_checkpointing
+        if self.rank.distributed:
+            parallel.update(
+                ddp_backend=dist_mod.backend(self.hw.cuda),
+                ddp_timeout=dist_mod.collective_timeout(),
+                ddp_find_unused_parameters=False,
+            )
+        bf16, fp16 = self.hw.bf16, self.hw.fp16
+        if self.strategy == "fsdp":
+            parallel.update(fsdp=True, fsdp_config=self.fsdp_config(checkpointing))
+            checkpointing = False  # FSDP checkpoints activations itself (fsdp_config)
+            if self.method == "full":
+                # without autocast accelerate keeps the 16-bit weights as they are (no fp32 master copy,
+                # which would double them): the same pure 16-bit training as on one GPU
+                bf16 = fp16 = False
         return SFTConfig(
             output_dir=str(self.output_dir),
             per_device_train_batch_size=prof.micro_batch,
@@ -323,12 +471,12 @@ class Recipe:
             optim=optim,
             seed=hp.seed,
             data_seed=hp.seed,
-            bf16=self.hw.bf16,
-            fp16=self.hw.fp16,
+            bf16=bf16,
+            fp16=fp16,
             use_cpu=not self.hw.cuda,
-            gradient_checkpointing=prof.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if prof.gradient_checkpointing else None,
-            activation_offloading=prof.offload_activations,
+            gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+            activation_offloading=prof.offload_activations and self.strategy != "fsdp",
             max_length=hp.max_seq_length,
             packing=hp.packing,
             packing_strategy="bfd",
@@ -347,23 +495,69 @@ class Recipe:
             dataloader_num_workers=0,
             dataset_num_proc=None,
             remove_unused_columns=True,
+            **parallel,
         )
+
+    def fsdp_config(self, activation_checkpointing: bool) -> dict[str, Any]:
+        """FSDP2 through accelerate: each decoder layer a unit, sharded checkpoints, rank 0 loads.
+
+        Parameters, gradients and optimizer states are sharded over the world; checkpoints are
+        saved sharded (each rank its shards, torch.distributed.checkpoint) and resumed so.
+        """
+        return {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "reshard_after_forward": True,
+            "state_dict_type": "SHARDED_STATE_DICT",
+            # rank 0 reads the weights, the others get them from it: one host copy per node
+            "cpu_ram_efficient_loading": True,
+            "activation_checkpointing": activation_checkpointing,
+        }
 
     def _build_trainer(self, model: Any) -> Any:
         from transformers import PrinterCallback
         from trl import SFTTrainer
 
-        assert self.datasets is not None and self.uploader is not None
+        assert self.datasets is not None and (self.uploader is not None or not self.rank.main)
         args = self.training_args()
+        world = {"globalBatch": self.global_batch, "worldSize": self.rank.world_size}
         callbacks = [
-            ProgressCallback(self.metrics, self.status),
+            ProgressCallback(self.metrics, self.status, world),
             EvalScheduleCallback(self.spec.eval_every_steps if self.datasets.eval is not None else None),
-            CheckpointCallback(self.uploader, self.stop),
+            CheckpointCallback(
+                self.uploader,
+                self.stop,
+                self.rank,
+                device=self._device(),
+                sharded=self.strategy == "fsdp",
+                store=self.storage.job_store,
+                job_root=self.job_root,
+            ),
         ]
         peft_config = None if self.method == "full" else lora_config(self.spec.hyperparameters.lora)
 
         class Trainer(UntrainedStepGuard, SFTTrainer):  # type: ignore[misc]
             """SFTTrainer that never reports a loss of 0 for a step without trainable tokens."""
+
+            def _load_optimizer_and_scheduler(self, checkpoint: Any) -> Any:
+                # transformers maps a resumed optimizer state to args.device, which accelerate names
+                # "cpu:N" in a world of CPU processes, and torch cannot restore storages there
+                import torch
+
+                if self.args.world_size <= 1 or self.args.device.type != "cpu":
+                    return super()._load_optimizer_and_scheduler(checkpoint)
+                load = torch.load
+
+                def on_cpu(*args: Any, **kwargs: Any) -> Any:
+                    if str(kwargs.get("map_location", "")).startswith("cpu"):
+                        kwargs["map_location"] = "cpu"
+                    return load(*args, **kwargs)
+
+                torch.load = on_cpu  # type: ignore[assignment]
+                try:
+                    return super()._load_optimizer_and_scheduler(checkpoint)
+                finally:
+                    torch.load = load
 
         try:
             trainer = Trainer(
@@ -380,6 +574,11 @@ class Recipe:
         # Our ProgressCallback logs each step; the Trainer's printer would repeat it as raw dicts.
         trainer.remove_callback(PrinterCallback)
         return trainer
+
+    def _device(self) -> Any:
+        import torch
+
+        return torch.device("cuda", torch.cuda.current_device()) if self.hw.cuda else torch.device("cpu")
 
     def _banner(self) -> None:
         trainable, total = parameter_counts(self.trainer.model)
@@ -399,6 +598,19 @@ class Recipe:
             100.0 * trainable / max(total, 1),
         )
         args = self.trainer.args
+        hp = self.spec.hyperparameters
+        log.info(
+            "global batch %d rows per optimizer step: batch %d × accumulation %d × %d GPU(s) (%s); "
+            "learning rate %g (not rescaled)",
+            self.global_batch,
+            hp.batch_size,
+            hp.gradient_accumulation,
+            self.rank.world_size,
+            self.strategy if self.rank.distributed else "one process",
+            hp.learning_rate,
+        )
+        self.summary["globalBatch"] = self.global_batch
+        self.summary["worldSize"] = self.rank.world_size
         log.info(
             "packing %s (padding-free %s), liger %s, gradient checkpointing %s, optimizer %s, %d steps",
             args.packing,
@@ -448,9 +660,13 @@ class Recipe:
         self.summary["trainRuntimeSeconds"] = round(float(result.metrics.get("train_runtime", 0.0)), 2)
         self.summary["steps"] = int(self.trainer.state.global_step)
         if self.stop.requested:
-            assert self.uploader is not None
             log.warning("stopping after a final checkpoint at step %d", self.trainer.state.global_step)
-            self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT_SECONDS)
+            try:
+                if self.uploader is not None:
+                    self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT_SECONDS)
+            finally:
+                # torchrun stops every worker once one exits: the others wait for rank 0's upload
+                dist_mod.main_done(self.rank, "final-checkpoint", FINAL_UPLOAD_TIMEOUT_SECONDS)
             raise Terminated(
                 f"terminated by signal at step {self.trainer.state.global_step}; checkpoint saved"
             )
@@ -483,13 +699,19 @@ class Recipe:
     def _generate_samples(self) -> None:
         import torch
 
+        # DDP: rank 0 generates with its replica; FSDP: every rank takes part in each forward
+        sharded = self.strategy == "fsdp" and self.rank.distributed
+        if self.rank.distributed and not sharded and not self.rank.main:
+            return
         model = self.trainer.model
         model.eval()
         was_cache = model.config.use_cache
         model.config.use_cache = True
         out = self.workdir / "artifacts" / "eval"
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "generations.jsonl"
+        path = (
+            out / "generations.jsonl" if self.rank.main else out / f"generations-rank-{self.rank.rank}.jsonl"
+        )
         with path.open("w") as f:
             for prompt in self.spec.eval_prompts:
                 text = self.tokenizer.apply_chat_template(
@@ -502,30 +724,44 @@ class Recipe:
                         max_new_tokens=GENERATION_MAX_NEW_TOKENS,
                         do_sample=False,
                         pad_token_id=self.tokenizer.pad_token_id,
+                        synced_gpus=sharded,
                     )
                 completion = self.tokenizer.decode(
                     ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True
                 )
                 f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
         model.config.use_cache = was_cache
+        if not self.rank.main:
+            path.unlink()
+            return
         log.info("wrote %d sample generations to %s", len(self.spec.eval_prompts), path)
 
     # --- export -----------------------------------------------------------------
 
     def export(self) -> None:
         self._check_stop()
+        gathered = None
+        if self.strategy == "fsdp" and self.rank.distributed:
+            # every rank sends its shards; rank 0 gets the whole state dict (in host memory)
+            gathered = self.trainer.accelerator.get_state_dict(self.trainer.model)
+        if not self.rank.main:  # rank 0 alone exports
+            return
         store = self.storage.job_store
         self.status.update(phase=PHASE_EXPORTING)
         local = self.workdir / "artifacts"
         formats = list(self.spec.export_formats(self.method))
         adapter_dir = None
-        if self.method != "full":
+        if gathered is not None:
+            adapter_dir = self._export_gathered(gathered, local, formats)
+        elif self.method != "full":
             adapter_dir = export_mod.export_adapter(
                 self.trainer.model, self.tokenizer, local / export_mod.ADAPTER
             )
         if export_mod.MERGED in formats:
             assert self.model_dir is not None
-            if self.method == "full":
+            if self.method == "full" and gathered is not None:
+                pass  # written by _export_gathered
+            elif self.method == "full":
                 export_mod.export_merged(
                     self.model_dir, self.method, self.hw, self.tokenizer, local / export_mod.MERGED,
                     full_model=self.trainer.model,
@@ -550,6 +786,29 @@ class Recipe:
             )
             self.artifacts["evalGenerations"] = uri + "generations.jsonl"
         self.status.update(artifacts=self.artifacts)
+
+    def _export_gathered(self, state: dict[str, Any], local: Path, formats: list[str]) -> Path | None:
+        """FSDP: the adapter (or the fully trained model) from the gathered state dict, in the same
+        files as a one-GPU run's export. Returns the adapter's directory (None for full)."""
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        if self.method != "full":
+            out = local / export_mod.ADAPTER
+            out.mkdir(parents=True, exist_ok=True)
+            # peft keeps the adapter's entries of the whole state dict
+            model.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(str(out))
+            log.info("adapter exported to %s", out)
+            return out
+        if export_mod.MERGED in formats:
+            out = local / export_mod.MERGED
+            out.mkdir(parents=True, exist_ok=True)
+            dtype = export_mod.save_dtype(self.hw)
+            model.config.use_cache = True
+            weights = {k: v.to(dtype) for k, v in state.items()}
+            model.save_pretrained(str(out), state_dict=weights, safe_serialization=True)
+            self.tokenizer.save_pretrained(str(out))
+            log.info("merged %s model exported to %s", str(dtype).removeprefix("torch."), out)
+        return None
 
     def _export_merged_adapter(self, out_dir: Path, adapter_dir: Path | None) -> bool:
         """Base + adapter merged in 16 bits where memory allows (export.plan_merge); False: not exported."""
@@ -606,7 +865,7 @@ class Recipe:
                     self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT_SECONDS)
                 self.uploader.close()
         finally:
-            if succeeded:
+            if succeeded and self.rank.main:
                 readings = self.metrics.update_memory()
                 self.summary["runtimeSeconds"] = round(time.monotonic() - self._t0, 1)
                 peak = readings.get("gpu_memory_peak_reserved_bytes")
@@ -616,7 +875,8 @@ class Recipe:
                 log.info("run summary: %s", json.dumps(self.summary))
             self.status.close()
             self.metrics.stop()
-            shutil.rmtree(self.workdir / "data", ignore_errors=True)
+            if self.rank.local_main:
+                shutil.rmtree(self.workdir / "data", ignore_errors=True)
 
     def run(self) -> None:
         """setup → train → evaluate → export, with cleanup either way."""
