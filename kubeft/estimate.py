@@ -69,6 +69,8 @@ Optimizer = Literal[
 OPTIMIZERS: Final[tuple[str, ...]] = typing.get_args(Optimizer)
 # bitsandbytes 8-bit optimizers: transformers' Trainer keeps the states of nn.Embedding weights in 32 bits
 OPTIMIZERS_8BIT: Final = frozenset({"adamw_8bit", "paged_adamw_8bit"})
+# bitsandbytes optimizers cannot step FSDP's sharded parameters (bitsandbytes#89): DDP only
+OPTIMIZERS_NO_FSDP: Final = frozenset({"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
 
 
 class EstimateError(ValueError):

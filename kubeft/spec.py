@@ -263,6 +263,12 @@ class FineTuneJobSpec(_Model):
                 "export.formats: 'adapter' needs method qlora, lora or auto; "
                 "method full exports 'merged-16bit'"
             )
+        optimizer = self.hyperparameters.optimizer
+        if self.distributed.strategy == "fsdp" and optimizer in est.OPTIMIZERS_NO_FSDP:
+            raise ValueError(
+                f"distributed.strategy fsdp cannot use optimizer {optimizer} (bitsandbytes optimizers do not"
+                " step FSDP's shards): use adamw_torch_fused, or strategy ddp"
+            )
         if self.distributed.strategy == "fsdp" and self.world_size == 1:
             raise ValueError("distributed.strategy fsdp shards over GPUs: set resources.gpus or nodes > 1")
         if self.method == "full" and "lora" in self.hyperparameters.model_fields_set:

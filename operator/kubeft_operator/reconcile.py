@@ -452,8 +452,12 @@ def _place(
     (whichever lets the more accurate method fit; DDP on a tie). One GPU: no strategy to choose."""
     wanted = spec.distributed.strategy
     strategies: tuple[est.Strategy, ...] = ("ddp", "fsdp") if wanted == "auto" else (wanted,)
+    why_ddp = ""
     if spec.world_size == 1:
         strategies = ("ddp",)
+    elif wanted == "auto" and spec.hyperparameters.optimizer in est.OPTIMIZERS_NO_FSDP:
+        strategies = ("ddp",)  # a bitsandbytes optimizer cannot step FSDP's shards
+        why_ddp = f"strategy auto chose ddp (optimizer {spec.hyperparameters.optimizer} cannot use fsdp); "
     options = []
     for strategy in strategies:
         estimates = {
@@ -466,6 +470,9 @@ def _place(
     fitting = [o for o in options if o[0].ok]
     if not fitting:
         return options[0]
+    if why_ddp:
+        choice, strategy, estimates = fitting[0]
+        return replace(choice, message=why_ddp + choice.message), strategy, estimates
     rank = {m: i for i, m in enumerate(est.METHODS)}  # most accurate first
     best = min(fitting, key=lambda o: (rank[o[0].method], strategies.index(o[1])))
     if len(strategies) > 1:

@@ -285,3 +285,28 @@ def test_a_job_preempted_by_kueue_saves_a_checkpoint_and_resumes_from_it_once_re
         for pc in (f"{cq}-low", f"{cq}-high"):
             scheduling.delete_priority_class(pc)
         custom_objects.delete_cluster_custom_object(queues.GROUP, queues.VERSION, "clusterqueues", cq)
+
+
+@pytest.mark.parametrize(
+    ("example", "pods", "product"),
+    [("distributed-2gpu.yaml", 1, "NVIDIA-A100-SXM4-40GB"), ("distributed-2node.yaml", 2, "NVIDIA-L4")],
+)
+def test_a_two_gpu_and_a_two_node_example_train_under_torchrun_to_succeeded(
+    stack: Any, api_client: Any, core_v1: Any, e2e_namespace: str, example: str, pods: int, product: str
+) -> None:
+    """Two ranks (gloo on CPU here), placed on a class with the GPUs per node they ask for."""
+    ns = e2e_namespace
+    manifest = yaml.safe_load((REPO / "examples" / example).read_text())
+    name = manifest["metadata"]["name"]
+    apply(stack, ns, manifest)
+    job = demo.watch(api_client, timeout=900, namespace=ns, name=name)
+    assert job is not None
+    status = job["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["gpu"]["product"] == product
+    assert status["distributed"]["worldSize"] == 2 and status["distributed"]["strategy"] == "ddp"
+    assert status["distributed"]["globalBatch"] == 2 * 1 * 2
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] > 0
+    assert status["artifacts"]["adapter"]
+    trainer_pods = core_v1.list_namespaced_pod(ns, label_selector=f"{contract.LABEL_JOB}={name}").items
+    assert len(trainer_pods) == pods and all(p.status.phase == "Succeeded" for p in trainer_pods)

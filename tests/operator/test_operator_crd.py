@@ -43,6 +43,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("no gpus on two nodes", {"resources": {"gpus": 0, "nodes": 2}}, "greater than or equal to 1"),
     ("fsdp on one gpu", {"distributed": {"strategy": "fsdp"}}, "fsdp shards over several GPUs"),
     ("unknown strategy", {"distributed": {"strategy": "zero3"}}, "Unsupported value"),
+    ("fsdp with an 8-bit optimizer", {"distributed": {"strategy": "fsdp"}, "resources": {"gpus": 2}},
+     "fsdp cannot use a bitsandbytes optimizer"),
     ("gpu memory not a quantity", {"resources": {"gpuMemory": "lots"}}, "auto or a positive quantity"),
     ("negative backoff limit", {"backoffLimit": -1}, "greater than or equal to 0"),
     ("architecture heads mismatch", {"model": {"source": "s3://models/m/", "architecture": {

@@ -681,7 +681,7 @@ def test_two_gpus_on_one_node_run_two_ranks_of_one_pod_with_a_rendezvous() -> No
     assert d.status["distributed"] == {
         "strategy": "ddp", "worldSize": 2, "nodes": 1, "gpusPerNode": 2, "globalBatch": 2 * 4 * 2,
     }  # fmt: skip
-    assert "strategy auto chose ddp (a replica fits one GPU)" in d.status["vram"]["reason"]
+    assert "strategy auto chose ddp (optimizer adamw_8bit cannot use fsdp)" in d.status["vram"]["reason"]
     body = resources.get_trainer_job(j, d.create)
     assert (body.spec.completions, body.spec.parallelism, body.spec.backoff_limit) == (1, 1, 3)
     pod = body.spec.template.spec
@@ -730,3 +730,23 @@ def test_more_gpus_or_nodes_than_the_cluster_has_is_a_condition_before_any_pod()
     c = cond.get_condition(d.status["conditions"], cond.SCHEDULABLE)
     assert c is not None and c["reason"] == cond.NO_GPU_NODES
     assert "no GPU class has 2 ready nodes with 8 GPUs each" in c["message"]
+
+
+def test_auto_shards_with_fsdp_when_no_replica_fits_one_gpu_but_never_with_a_bitsandbytes_optimizer() -> None:
+    fused = {"optimizer": "adamw_torch_fused"}
+    d = decide(job(method="full", resources={"gpus": 2}, hyperparameters=fused), NONE, inputs("llama-3.1-8b"),
+               SETTINGS, NOW)  # fmt: skip
+    # a replica of full 8B (92 GiB with DDP's buckets) fits no GPU here; sharded over 2 it fits an H100
+    assert d.create is not None and d.create.strategy == "fsdp"
+    assert d.create.gpu_products == ("NVIDIA-H100-80GB-HBM3",)
+    assert "strategy auto chose fsdp (no replica fits one GPU: sharded)" in d.status["vram"]["reason"]
+    doc = json.loads(resources.get_config_map(job(), d.create).data[contract.TRAINER_CONFIG_FILE])
+    assert doc["spec"]["distributed"] == {"strategy": "fsdp"}
+    # the default 8-bit optimizer cannot step FSDP's shards: DDP (its smaller states fit an H100)
+    d = decide(job(method="full", resources={"gpus": 2}), NONE, inputs("llama-3.1-8b"), SETTINGS, NOW)
+    assert d.create is not None and d.create.strategy == "ddp"
+    assert "optimizer adamw_8bit cannot use fsdp" in d.status["vram"]["reason"]
+    # with a replica that fits, auto keeps DDP
+    d = decide(job(resources={"gpus": 2}, hyperparameters=fused), NONE, inputs(), SETTINGS, NOW)
+    assert d.create is not None and d.create.strategy == "ddp"
+    assert "strategy auto chose ddp (a replica fits one GPU)" in d.status["vram"]["reason"]

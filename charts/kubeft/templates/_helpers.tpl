@@ -42,12 +42,13 @@ app.kubernetes.io/component: operator
 - apiGroups: [kubeft.io]
   resources: [finetunejobs/status]
   verbs: [get, patch, update]
-# owned objects of each job: the trainer Job, its config, its identity; its pods are read
+# owned objects of each job: the trainer Job, its config, its identity, the headless Service of a
+# job on several GPUs; its pods are read
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, update, patch, delete]
 - apiGroups: [""]
-  resources: [pods, configmaps, serviceaccounts]
+  resources: [pods, configmaps, serviceaccounts, services]
   verbs: [get, list, watch, create, update, patch, delete]
 # Kueue: the namespace's default LocalQueue, and the trainer Job's Workload (read; spec.active
 # is how a queued job is suspended and resumed)
