@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--models-root", default="/tmp/kubeft-bench/models")
+    p.add_argument("--gpus", default="1,2", help="world sizes to run each point on (comma-separated)")
     a = p.parse_args(argv)
     import torch
     from measure import versions
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results = []
     for name in a.points.split(","):
-        for gpus in (1, 2):
+        for gpus in [int(g) for g in a.gpus.split(",")]:
             r = run_one(name, POINTS[name], gpus, a, model_dir, data)
             print(json.dumps({k: v for k, v in r.items() if k not in ("summary", "losses")}), flush=True)
             results.append(r)

@@ -159,11 +159,6 @@ class Constants:
     ddp_bucket_copies: float = 1.0
     # FSDP2 decoder-layer units all-gathered at a time: the one computing and the one prefetched
     fsdp_prefetch_units: float = 2.0
-    # FSDP2's communication buffers of the root unit (embeddings, lm_head): the all-gather's output
-    # beside the unsharded parameters and, when trained, the reduce-scatter's input beside the
-    # gradient; copies of each (fitted: Llama-3.1-8B full fine-tuning on 2 H200s,
-    # bench/results/dist-h200x2-2026-11-30)
-    fsdp_root_buffer_copies: float = 1.0
     # packed NF4 values per parameter (4 bits): what FSDP shards of a QLoRA linear weight; the rest
     # of nf4_bytes_per_param (quantisation constants) stays whole on every GPU
     nf4_packed_bytes_per_param: float = 0.5
@@ -561,7 +556,10 @@ def _fsdp_shards(
     w = setup.world_size
     layer_small = shape.small_params_per_layer
     linear = shape.linear_params_per_layer
-    root = shape.embedding_params + shape.hidden_size  # embeddings, lm_head, final norm
+    # the tail unit (final norm, lm_head; with tied weights the one embedding matrix) stays gathered
+    # from its forward to the end of the backward; an untied input embedding is a unit of its own,
+    # resharded after its forward (accelerate's FSDP2 wrapping)
+    root = shape.vocab_size * shape.hidden_size + shape.hidden_size
     if setup.method == "qlora":
         nf4 = c.nf4_bytes_per_param if setup.double_quant else c.nf4_bytes_per_param_no_double_quant
         n_linear = shape.num_layers * linear
@@ -576,14 +574,13 @@ def _fsdp_shards(
     if setup.method != "full":
         adapter_layer = adapters / shape.num_layers  # a layer's adapters are gathered with it
         layer_unit += adapter_layer
-    weights += root_unit * (1.0 + c.fsdp_root_buffer_copies) + c.fsdp_prefetch_units * layer_unit
+    weights += root_unit + c.fsdp_prefetch_units * layer_unit
     adapters /= w
     gradients /= w
     optimizer /= w
     if setup.method == "full":
-        # the root's and one layer's gradients whole, before they are reduce-scattered
-        root_grad = root * c.full_grad_bytes_per_param
-        gradients += root_grad * (1.0 + c.fsdp_root_buffer_copies)
+        # the tail's and one layer's gradients whole, before they are reduce-scattered
+        gradients += root * c.full_grad_bytes_per_param
         gradients += (linear + layer_small) * c.full_grad_bytes_per_param
     return weights, adapters, gradients, optimizer
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubeft_trainer import distributed as dist
 from kubeft_trainer.config import JobRef, RuntimeOptions, TrainerConfig, parse_spec
 from kubeft_trainer.status import KubeStatusReporter, StatusReporter
 from kubeft_trainer.train import Recipe
@@ -189,3 +190,21 @@ def _state(pid: int) -> str:
         return "zombie" if " Z " in Path(f"/proc/{pid}/stat").read_text() else "alive"
     except OSError:
         return "gone"
+
+
+def test_fsdp_full_fine_tuning_steps_adamw_one_shard_at_a_time() -> None:
+    import torch
+
+    kw = {"lr": 1e-5, "betas": (0.9, 0.999)}
+    assert dist.sharded_optimizer_kwargs(torch.optim.AdamW, kw, "fsdp", "full") == {**kw, "foreach": False}
+    # unchanged: the fused kernel, DDP, LoRA, other optimizers
+    fused = {**kw, "fused": True}
+    assert dist.sharded_optimizer_kwargs(torch.optim.AdamW, fused, "fsdp", "full") == fused
+    assert dist.sharded_optimizer_kwargs(torch.optim.AdamW, kw, "ddp", "full") == kw
+    assert dist.sharded_optimizer_kwargs(torch.optim.AdamW, kw, "fsdp", "lora") == kw
+    assert dist.sharded_optimizer_kwargs(torch.optim.SGD, kw, "fsdp", "full") == kw
+
+
+def test_expandable_segments_leave_the_pods_allocator_settings_alone() -> None:
+    assert not dist.prefer_expandable_segments({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"})
+    assert not dist.prefer_expandable_segments({"PYTORCH_ALLOC_CONF": "expandable_segments:False"})

@@ -376,6 +376,55 @@ def barrier(rank: Rank) -> None:
         dist.barrier()
 
 
+# --- FSDP memory ---------------------------------------------------------------
+
+ALLOC_CONF_ENVS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def prefer_expandable_segments(env: Mapping[str, str] | None = None) -> bool:
+    """FSDP: lets the caching allocator grow its segments in place (``expandable_segments``).
+
+    FSDP all-gathers and frees whole units and reduce-scatters gradients every layer; with fixed
+    segments the cache fragments and holds several GiB more than the tensors need (2×H200, Llama
+    8B full: 6.4 GiB reserved over allocated, 1.3 GiB with expandable segments). Settings the pod
+    gives (``PYTORCH_CUDA_ALLOC_CONF`` / ``PYTORCH_ALLOC_CONF``) win. Applies to the segments
+    allocated from now on: call it before the model is loaded. True when set here.
+    """
+    env = os.environ if env is None else env
+    if any(env.get(name) for name in ALLOC_CONF_ENVS):
+        return False
+    try:
+        import torch
+
+        torch.cuda.memory._set_allocator_settings(EXPANDABLE_SEGMENTS)
+    except (AttributeError, RuntimeError) as exc:  # an older torch, or no CUDA allocator
+        log.warning("cannot enable expandable allocator segments: %s", exc)
+        return False
+    log.info("FSDP: the CUDA caching allocator uses %s", EXPANDABLE_SEGMENTS)
+    return True
+
+
+def sharded_optimizer_kwargs(
+    optimizer_cls: Any, kwargs: dict[str, Any], strategy: str, method: str
+) -> dict[str, Any]:
+    """The optimizer's arguments under FSDP full fine-tuning: torch's AdamW steps one shard at a time.
+
+    Its default multi-tensor (``foreach``) step computes ``sqrt(v)`` of every parameter at once: a
+    temporary as large as all the parameters (a quarter of the sharded states, 7.5 GiB per GPU for
+    an 8B model on 2 GPUs), at the step, the peak of the run. ``foreach=False`` runs the same
+    arithmetic parameter by parameter (same results); the fused kernel (``adamw_torch_fused``)
+    needs no temporary and stays as chosen. LoRA's trainable parameters are few: unchanged.
+    """
+    import torch
+
+    if strategy != "fsdp" or method != "full" or not issubclass(optimizer_cls, torch.optim.AdamW):
+        return kwargs
+    if kwargs.get("fused"):
+        return kwargs
+    return {**kwargs, "foreach": False}
+
+
 def describe(rank: Rank) -> str:
     return (
         f"rank {rank.rank} of {rank.world_size} (local rank {rank.local_rank} of {rank.local_world_size} "

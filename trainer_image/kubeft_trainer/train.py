@@ -117,6 +117,8 @@ class Recipe:
         )
         self.hw: Hardware = detect_hardware()
         self.strategy = self._strategy()
+        if self.strategy == "fsdp":
+            dist_mod.prefer_expandable_segments()
         if self.hw.cuda and self.rank.distributed:
             import torch
 
@@ -535,9 +537,15 @@ class Recipe:
             ),
         ]
         peft_config = None if self.method == "full" else lora_config(self.spec.hyperparameters.lora)
+        strategy, method = self.strategy, self.method
 
         class Trainer(UntrainedStepGuard, SFTTrainer):  # type: ignore[misc]
             """SFTTrainer that never reports a loss of 0 for a step without trainable tokens."""
+
+            @staticmethod
+            def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, Any]:
+                cls, kwargs = SFTTrainer.get_optimizer_cls_and_kwargs(args, model)
+                return cls, dist_mod.sharded_optimizer_kwargs(cls, kwargs, strategy, method)
 
             def _load_optimizer_and_scheduler(self, checkpoint: Any) -> Any:
                 # transformers maps a resumed optimizer state to args.device, which accelerate names
