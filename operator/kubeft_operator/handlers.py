@@ -47,7 +47,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
     if memo.settings.peering:  # a replica that stops renewing itself this long is taken for dead
         settings.peering.lifetime = memo.settings.peering_lifetime_seconds
         settings.peering.mandatory = True
-    memo.kube = Kube.from_environment()
+    memo.kube = Kube.from_environment(memo.settings)
     metrics.start(memo.settings.metrics_port)
     logger.info("kubeft operator started; trainer image %s", memo.settings.trainer_image)
 

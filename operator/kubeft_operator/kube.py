@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import logging
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,6 +35,50 @@ from .settings import Settings
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
+class TokenBucket:
+    """A client-side rate limit: ``qps`` requests a second on average, bursts of ``burst``.
+
+    ``acquire`` blocks (in the calling worker thread, never kopf's event loop) until a token is
+    there; the clock and the sleep are parameters so tests need no real time.
+    """
+
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.qps, self.burst, self.clock, self.sleep = qps, burst, clock, sleep
+        self.tokens = float(burst)
+        self.stamp = clock()
+        self.lock = threading.Lock()
+        self.waited = 0.0  # seconds callers spent waiting for a token, in all
+
+    def acquire(self) -> None:
+        with self.lock:
+            now = self.clock()
+            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.qps)
+            self.stamp = now
+            self.tokens -= 1.0
+            wait = -self.tokens / self.qps if self.tokens < 0 else 0.0
+            self.waited += wait
+        if wait > 0:
+            self.sleep(wait)
+
+
+class RateLimitedApiClient(client.ApiClient):  # type: ignore[misc]
+    """The official client with every request through a :class:`TokenBucket` (QPS and burst)."""
+
+    def __init__(self, configuration: client.Configuration, bucket: TokenBucket) -> None:
+        super().__init__(configuration)
+        self.bucket = bucket
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        self.bucket.acquire()
+        return super().call_api(*args, **kwargs)
+
+
 @dataclass
 class Kube:
     """Typed API clients, built once at startup."""
@@ -40,8 +86,9 @@ class Kube:
     api: client.ApiClient
 
     @classmethod
-    def from_environment(cls) -> Kube:
-        """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+    def from_environment(cls, settings: Settings | None = None) -> Kube:
+        """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config; requests are
+        limited to ``settings.api_qps`` a second (bursts of ``api_burst``)."""
         configuration = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=configuration)
@@ -50,7 +97,8 @@ class Kube:
             config.load_kube_config(
                 config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
             )
-        return cls(client.ApiClient(configuration))
+        s = settings or Settings()
+        return cls(RateLimitedApiClient(configuration, TokenBucket(s.api_qps, s.api_burst)))
 
     @property
     def core(self) -> client.CoreV1Api:

@@ -42,6 +42,9 @@ class Settings(BaseModel):
     peering: str = ""
     peering_priority: int = Field(default=0, ge=0)
     peering_lifetime_seconds: int = Field(default=10, ge=2)
+    # client-side limit on the operator's own API requests (kopf's watches are not counted)
+    api_qps: float = Field(default=20.0, gt=0)
+    api_burst: int = Field(default=40, ge=1)
     metrics_port: int = Field(default=8080, ge=0, le=65535)  # 0: no /metrics server
     liveness_port: int = Field(default=8081, ge=0, le=65535)  # 0: no /healthz endpoint
     model_config_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -750,3 +750,28 @@ def test_auto_shards_with_fsdp_when_no_replica_fits_one_gpu_but_never_with_a_bit
     d = decide(job(resources={"gpus": 2}, hyperparameters=fused), NONE, inputs(), SETTINGS, NOW)
     assert d.create is not None and d.create.strategy == "ddp"
     assert "strategy auto chose ddp (a replica fits one GPU)" in d.status["vram"]["reason"]
+
+
+def test_the_operators_requests_are_limited_to_its_qps_with_bursts() -> None:
+    from kubeft_operator.kube import TokenBucket
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(qps=10, burst=5, clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):  # a burst goes through at once
+        bucket.acquire()
+    assert slept == []
+    for _ in range(10):  # then one request per 1/qps
+        bucket.acquire()
+    assert len(slept) == 10 and all(abs(s - 0.1) < 1e-9 for s in slept)
+    now[0] += 100  # idle: the bucket refills, but never above the burst
+    for _ in range(5):
+        bucket.acquire()
+    assert len(slept) == 10
+    bucket.acquire()
+    assert len(slept) == 11 and bucket.waited > 1.0
