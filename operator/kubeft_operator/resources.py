@@ -15,6 +15,7 @@ from kubernetes import client
 
 from kubeft import contract
 
+from . import exportcheck
 from .api import FineTuneJob
 from .modelconfig import shape_to_dict
 from .plan import Plan
@@ -218,7 +219,7 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
         if gpus > 1:
             ports = ",".join(str(contract.METRICS_PORT + r) for r in range(gpus))
             env.append(client.V1EnvVar(name=contract.ENV_METRICS_PORTS, value=ports))
-    return env
+    return env + exportcheck.oci_env(job)
 
 
 def rendezvous_endpoint(job: FineTuneJob) -> str:
