@@ -116,7 +116,7 @@ def trainer_config(job: FineTuneJob, plan: Plan) -> dict[str, Any]:
         spec.get("hyperparameters", {}).pop("lora", None)
     spec["storage"]["endpoint"] = plan.endpoint
     spec["storage"]["bucket"] = plan.bucket
-    spec["export"] = {"formats": list(job.spec.export_formats(plan.method))}
+    spec["export"] = {**spec.get("export", {}), "formats": list(job.spec.export_formats(plan.method))}
     # the GPU classes the pod may land on (Kueue picks one when queued); the trainer plans for the
     # least memory among them
     placement: dict[str, Any] = {
