@@ -326,11 +326,13 @@ def test_job_json_keeps_export_oci_and_the_pod_reads_the_registry_secret() -> No
         "formats": ["adapter", "gguf-q4_k_m"],
         "oci": {**oci, "plainHttp": False},
     }
-    env = {e.name: e for e in resources.get_pod(j, plan).spec.containers[0].env}
+    env = {e.name: e for e in resources.get_trainer_job(j, plan).spec.template.spec.containers[0].env}
     ref = env[contract.ENV_OCI_AUTH].value_from.secret_key_ref
     assert (ref.name, ref.key) == ("registry-creds", ".dockerconfigjson")
     j, plan = _plan_and_job()  # no export.oci: no registry credentials in the pod
-    assert contract.ENV_OCI_AUTH not in {e.name for e in resources.get_pod(j, plan).spec.containers[0].env}
+    assert contract.ENV_OCI_AUTH not in {
+        e.name for e in resources.get_trainer_job(j, plan).spec.template.spec.containers[0].env
+    }
 
 
 # --- lifecycle decisions -------------------------------------------------------------------
