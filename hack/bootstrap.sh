@@ -16,7 +16,11 @@ if [[ ! -x "$VENV/bin/python" || ! -f "$VENV/.complete" ]]; then
   mkdir -p "$CACHE/venv"
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >&2
-  "$VENV/bin/pip" install -q -r requirements.lock >&2
+  # llama-cpp-python (the GGUF exports' quantizer and the tests' loader) is an sdist: pip builds
+  # llama.cpp with cmake once (~10 min on 2 cores) and keeps the wheel in its cache (~/.cache/pip),
+  # so the next venv reuses it. Only the library is built: no tools, examples, server or mtmd.
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}" \
+    "$VENV/bin/pip" install -q -r requirements.lock >&2
   touch "$VENV/.complete"
 fi
 # the project itself, editable, pointing at this checkout (cheap; no dependencies)

@@ -14,6 +14,7 @@ HELM_VERSION="${HELM_VERSION:-v3.19.0}"
 # MinIO has no semver tags; this pseudo-version is the last release commit we pin.
 MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"  # `latest` resolves and records the newest
 KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
+REGISTRY_VERSION="${REGISTRY_VERSION:-v3.1.2}"  # CNCF distribution: the OCI registry the exports push to
 
 CACHE="${KUBEFT_CACHE:-$HOME/.cache/kubeft}"
 BIN="$CACHE/bin"
@@ -123,17 +124,25 @@ build_kueue() {
   (cd "$CACHE/src" && go mod download "sigs.k8s.io/kueue@$KUEUE_VERSION")
 }
 
+# CNCF distribution's registry (cmd/registry): no replace directives, so plain `go install`;
+# basic auth (htpasswd, bcrypt) is compiled in. The binary is named `registry`.
+build_registry() {
+  go_install registry github.com/distribution/distribution/v3/cmd/registry "$REGISTRY_VERSION" \
+    "-X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION"
+}
+
 what="${1:-all}"
 case "$what" in
   all)  build_etcd; go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"; build_minio; build_kubernetes
         go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-        build_kueue ;;
+        build_kueue; build_registry ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   kwok) go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" ;;
   minio) build_minio ;;
   kueue) build_kueue ;;
+  registry) build_registry ;;
   helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|kwok|minio|helm|kueue]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|kwok|minio|helm|kueue|registry]" >&2; exit 2 ;;
 esac
 echo "$BIN"

@@ -101,11 +101,14 @@ ENV_METRICS_PORTS: Final = "KUBEFT_METRICS_PORTS"  # one metrics port per local 
 ENV_NODE_RANK: Final = "JOB_COMPLETION_INDEX"  # set by the Indexed Job controller
 RDZV_PORT: Final = 29400
 RDZV_PORT_NAME: Final = "rdzv"
+ENV_OCI_AUTH: Final = "KUBEFT_OCI_AUTH"  # export.oci.credentialsSecret's .dockerconfigjson
 
 # Keys the storage credentials Secret (spec.storage.credentialsSecret) must hold.
 SECRET_ACCESS_KEY: Final = "accessKey"
 SECRET_SECRET_KEY: Final = "secretKey"
 SECRET_HF_TOKEN: Final = "hfToken"  # optional
+# The key of a kubernetes.io/dockerconfigjson Secret (export.oci.credentialsSecret).
+SECRET_DOCKER_CONFIG: Final = ".dockerconfigjson"
 
 # Trainer exit codes: the trainer Job retries a failed pod up to spec.backoffLimit, except for
 # EXIT_INVALID_INPUT (bad dataset, unreadable model...), which fails it at once (retrying cannot

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ MODEL_BUCKET, MODEL_PREFIX = "models", "tiny-llama/"
 DATA_BUCKET, DATA_KEY = "datasets", "quickstart/train.jsonl"
 OUTPUT_BUCKET = "kubeft"
 SECRET = "minio-creds"
+REGISTRY_SECRET = "registry-creds"  # examples/quickstart.yaml's export.oci.credentialsSecret
 
 
 def register(sub: Any) -> None:
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     api = _api(info)
     say("model and dataset → MinIO")
     upload_inputs(info)
-    say(f"namespace {NAMESPACE} with the storage Secret {SECRET}")
+    say(f"namespace {NAMESPACE} with the storage Secret {SECRET} and the registry Secret {REGISTRY_SECRET}")
     prepare_namespace(api, info)
     say("operator (Helm chart charts/kubeft)")
     install_operator(info)
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     say("artifacts in MinIO")
     show_artifacts(info, job)
+    say("run it with llama.cpp / Ollama")
+    show_gguf(info, job)
     say("loss from Prometheus")
     created = job["metadata"]["creationTimestamp"]
     series = loss_series(info, since=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
@@ -109,7 +114,8 @@ def upload_inputs(info: Any) -> None:
     from kubeft.dev import stack, tinymodel
 
     model_dir = stack.CACHE / "demo" / "tiny-llama"
-    if not (model_dir / "config.json").exists():
+    if not _gguf_ready(model_dir):  # built once; a cache from before the GGUF exports is rebuilt
+        shutil.rmtree(model_dir, ignore_errors=True)
         tinymodel.build_tiny_model(model_dir)
     mc = info.minio_client()
     for bucket in (MODEL_BUCKET, DATA_BUCKET, OUTPUT_BUCKET):
@@ -187,6 +193,17 @@ def prepare_namespace(api: Any, info: Any, namespace: str = NAMESPACE) -> None:
         if exc.status != 409:
             raise
         core.replace_namespaced_secret(SECRET, namespace, secret)
+    registry = client.V1Secret(  # what `kubectl create secret docker-registry` makes
+        metadata=client.V1ObjectMeta(name=REGISTRY_SECRET),
+        type="kubernetes.io/dockerconfigjson",
+        string_data={contract.SECRET_DOCKER_CONFIG: info.registry_auth()},
+    )
+    try:
+        core.create_namespaced_secret(namespace, registry)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_secret(REGISTRY_SECRET, namespace, registry)
     try:
         custom.delete_namespaced_custom_object(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, JOB
@@ -263,6 +280,57 @@ def _progress_line(phase: str, status: dict[str, Any], p: dict[str, Any]) -> str
     return "  ".join(parts)
 
 
+def _gguf_ready(model_dir: Path) -> bool:
+    """The cached tiny model has the Llama-style tokenizer llama.cpp's converter supports."""
+    try:
+        tokenizer = json.loads((model_dir / "tokenizer.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (model_dir / "config.json").exists() and bool(tokenizer.get("model", {}).get("byte_fallback"))
+
+
+def show_gguf(info: Any, job: dict[str, Any], out: Path = Path("kubeft-demo-gguf")) -> None:
+    """Downloads the Q4_K_M file and its Modelfile, asks it a question with llama.cpp, says how to run it."""
+    artifacts = job.get("status", {}).get("artifacts") or {}
+    uri = artifacts.get("gguf-q4_k_m")
+    if not uri:
+        print("    no gguf-q4_k_m in status.artifacts (see status.progress.message)")
+        return
+    bucket, prefix = uri.removeprefix("s3://").split("/", 1)
+    mc = info.minio_client()
+    out.mkdir(exist_ok=True)
+    for obj in mc.list_objects(bucket, prefix=prefix, recursive=True):
+        mc.fget_object(bucket, obj.object_name, str(out / Path(obj.object_name).name))
+    gguf_file = out / "model-q4_k_m.gguf"
+    print(f"    {gguf_file} ({gguf_file.stat().st_size:,d} B) and {out / 'Modelfile'}, from {uri}")
+    question = "What is the capital of France?"
+    try:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(str(gguf_file), n_ctx=256, verbose=False)
+        try:
+            reply: Any = llm.create_chat_completion(
+                messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0.0
+            )
+        finally:
+            llm.close()
+        print(f"    llama.cpp: {question!r} → {reply['choices'][0]['message']['content']!r}")
+    except ImportError:
+        print("    (llama-cpp-python is not installed here: pip install 'kubeft[trainer]')")
+    for item in artifacts.get("oci") or []:
+        print(f"    oci: {item['reference']}@{item['digest']}  ({item['format']})")
+    pushed = {i["format"]: i["reference"] for i in artifacts.get("oci") or []}
+    reference = pushed.get("gguf-q4_k_m")
+    print("    run it:")
+    print(f"      llama-cli -m {gguf_file} -cnv                        # llama.cpp")
+    print(f"      cd {out} && ollama create quickstart -f Modelfile && ollama run quickstart   # Ollama")
+    if reference:
+        print(
+            f"      oras pull --plain-http -u {info.registry_user} -p {info.registry_password} {reference}"
+            "   # the same files from the registry"
+        )
+
+
 def show_artifacts(info: Any, job: dict[str, Any], namespace: str = NAMESPACE) -> None:
     mc = info.minio_client()
     prefix = contract.job_prefix(namespace, JOB, job["metadata"]["uid"]) + "/"
@@ -271,7 +339,8 @@ def show_artifacts(info: Any, job: dict[str, Any], namespace: str = NAMESPACE) -
             continue
         print(f"    s3://{OUTPUT_BUCKET}/{obj.object_name}  {obj.size:>10,d} B")
     for key, uri in (job.get("status", {}).get("artifacts") or {}).items():
-        print(f"    status.artifacts.{key}: {uri}")
+        if key != "oci":
+            print(f"    status.artifacts.{key}: {uri}")
 
 
 def loss_series(

@@ -181,6 +181,8 @@ class ModelShape:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     model_type: str = "llama"
+    # config.json "architectures" (the text model's when nested): what llama.cpp's GGUF converter keys on
+    architectures: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
@@ -207,6 +209,7 @@ class ModelShape:
         kv_heads = kv if isinstance(kv, int) and kv > 0 else heads
         head_dim = cfg.get("head_dim")
         tie = cfg.get("tie_word_embeddings", config.get("tie_word_embeddings"))
+        archs = cfg.get("architectures") or config.get("architectures") or ()
         return cls(
             hidden_size=hidden,
             num_layers=need("num_hidden_layers", "n_layer"),
@@ -219,6 +222,7 @@ class ModelShape:
             tie_word_embeddings=bool(True if tie is None else tie),
             attention_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
             model_type=str(cfg.get("model_type", "unknown")),
+            architectures=tuple(str(a) for a in archs) if isinstance(archs, (list, tuple)) else (),
         )
 
     @classmethod

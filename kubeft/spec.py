@@ -38,7 +38,7 @@ Optimizer = est.Optimizer  # the estimator knows what each one keeps per paramet
 LrScheduler = Literal[
     "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
 ]
-ExportFormat = Literal["adapter", "merged-16bit"]
+ExportFormat = Literal["adapter", "merged-16bit", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]
 Cleanup = Literal["Retain", "Delete"]
 Strategy = Literal["auto", "ddp", "fsdp"]
 TolerationOperator = Literal["Exists", "Equal"]
@@ -48,6 +48,11 @@ METHODS: Final[tuple[str, ...]] = typing.get_args(Method)
 OPTIMIZERS: Final[tuple[str, ...]] = typing.get_args(Optimizer)
 BUCKET_PATTERN: Final = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
 SECRET_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# <registry host[:port]>/<path>, no tag or digest: each export is tagged <job>-<format>
+OCI_REPOSITORY_PATTERN: Final = (
+    r"^[A-Za-z0-9-]+([.][A-Za-z0-9-]+)*(:[0-9]{1,5})?(/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*)+$"
+)
+EXPORT_FORMATS: Final[tuple[str, ...]] = typing.get_args(ExportFormat)
 
 
 class SpecError(ValueError):
@@ -226,10 +231,29 @@ class CheckpointSpec(_Model):
     keep: int = Field(default=3, ge=1, le=100)
 
 
-class ExportSpec(_Model):
-    """``spec.export``: empty means [adapter] for qlora/lora and [merged-16bit] for full."""
+class OciSpec(_Model):
+    """``spec.export.oci``: push every export as an OCI artifact (ORAS) to ``repository:<job>-<format>``."""
 
-    formats: tuple[ExportFormat, ...] | None = Field(default=None, min_length=1, max_length=2)
+    repository: str = Field(min_length=1, max_length=255, pattern=OCI_REPOSITORY_PATTERN)
+    # a kubernetes.io/dockerconfigjson Secret with an entry for the registry (none: push anonymously)
+    credentials_secret: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN
+    )
+    # plain HTTP instead of HTTPS; registries on loopback (localhost, 127.x) always use plain HTTP
+    plain_http: bool = False
+
+
+class ExportSpec(_Model):
+    """``spec.export``: empty formats means [adapter] for qlora/lora and [merged-16bit] for full."""
+
+    formats: tuple[ExportFormat, ...] | None = Field(default=None, min_length=1, max_length=5)
+    oci: OciSpec | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ExportSpec:
+        if self.formats and len(set(self.formats)) != len(self.formats):
+            raise ValueError("formats: each format once")
+        return self
 
 
 class FineTuneJobSpec(_Model):

@@ -6,6 +6,7 @@ Debian's prometheus package:
 
     etcd → kube-apiserver → kube-controller-manager, kube-scheduler → kwok (GPU nodes)
     MinIO (S3)   Prometheus (scrapes file_sd targets under <state>/prometheus/targets)
+    an OCI registry (CNCF distribution, basic auth from an htpasswd file) for the exports
     Kueue (its CRDs from its Go module; a ClusterQueue over the GPU classes, kubeft/dev/queues.py)
 
 `up()` is idempotent: a healthy running stack is left alone. `down()` stops every
@@ -66,15 +67,22 @@ PORTS = {
     "kueue": 16480,  # health probes (/healthz, /readyz), plain HTTP
     "kueue-metrics": 16481,  # HTTPS, authenticated and authorized against the API server
     "kueue-webhook": 16482,  # HTTPS; no webhook configuration points at it (docs/local-stack.md)
+    "registry": 19500,  # the OCI registry, plain HTTP (loopback: clients treat it as insecure-allowed)
+    "registry-debug": 19501,  # its /debug/health
 }
 SERVICE_CIDR = "10.96.0.0/16"
 MINIO_ACCESS_KEY = "kubeft"
 MINIO_SECRET_KEY = "kubeft-local-secret"  # loopback-only dev stack; not a product credential
 SCRAPE_INTERVAL = "2s"
+# The registry's one user (basic auth). Distribution reads bcrypt hashes only; this is the hash of
+# REGISTRY_PASSWORD (cost 10), computed once, so starting the stack needs no bcrypt library.
+REGISTRY_USER = "kubeft"
+REGISTRY_PASSWORD = "kubeft-registry-secret"  # loopback-only dev stack; not a product credential
+REGISTRY_PASSWORD_BCRYPT = "$2b$10$SKBHle60eCOAgpVXDKIS.u0XZn54TTUI1xHdeObi2eTWE2x8KJVmS"
 
 # Components a stack started before they existed lacks: `up` starts them beside it rather than
 # restarting the whole stack.
-ADDONS = ("kueue",)
+ADDONS = ("kueue", "registry")
 
 # Start order; down() stops in reverse.
 COMPONENTS = (
@@ -87,6 +95,7 @@ COMPONENTS = (
     "prometheus",
     "podrunner",
     "kueue",
+    "registry",
 )
 
 
@@ -107,6 +116,15 @@ class StackInfo:
     prometheus_url: str
     prometheus_targets_dir: Path
     bin_dir: Path
+    registry: str = f"{HOST}:{PORTS['registry']}"  # host:port, plain HTTP
+    registry_user: str = REGISTRY_USER
+    registry_password: str = REGISTRY_PASSWORD
+
+    def registry_auth(self, user: str | None = None, password: str | None = None) -> str:
+        """A ``.dockerconfigjson`` document for the stack's registry (its own user, or the one given)."""
+        pair = f"{user or self.registry_user}:{password or self.registry_password}"
+        token = base64.b64encode(pair.encode())
+        return json.dumps({"auths": {self.registry: {"auth": token.decode()}}})
 
     def minio_client(self) -> Any:
         """A `minio.Minio` client with the stack's root credentials."""
@@ -266,6 +284,7 @@ def ensure_binaries() -> None:
         "kwok",
         "minio",
         "kueue",
+        "registry",
     ]
     if all((BIN / n).exists() for n in needed) and kueue_crd_dir().is_dir():
         return
@@ -517,6 +536,25 @@ def _prepare_kueue() -> None:
     apply_crds(_api_client(info()), crds)
 
 
+def _prepare_registry() -> None:
+    """The registry's configuration: blobs under <state>/registry/data, basic auth from an htpasswd file."""
+    root = STATE / "registry"
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "htpasswd").write_text(f"{REGISTRY_USER}:{REGISTRY_PASSWORD_BCRYPT}\n")
+    config = {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "text"},
+        "storage": {"filesystem": {"rootdirectory": str(root / "data")}, "delete": {"enabled": True}},
+        "http": {
+            "addr": f"{HOST}:{PORTS['registry']}",
+            "secret": "kubeft-local-registry",  # signs upload state; one instance, so any fixed value
+            "debug": {"addr": f"{HOST}:{PORTS['registry-debug']}"},
+        },
+        "auth": {"htpasswd": {"realm": "kubeft-local", "path": str(root / "htpasswd")}},
+    }
+    (root / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 ALERT_RULES = REPO / "charts" / "kubeft" / "files" / "alerts.yaml"
 
 
@@ -670,6 +708,10 @@ def _argv(name: str) -> tuple[list[str], dict[str, str]]:
             f"--kubeconfig={kubeconfig}",
             "--zap-log-level=info",
         ], {}
+    if name == "registry":
+        return [str(BIN / "registry"), "serve", str(STATE / "registry" / "config.yml")], {
+            "OTEL_TRACES_EXPORTER": "none",  # v3 exports traces over OTLP by default; nothing listens here
+        }
     if name == "podrunner":
         return [
             sys.executable,
@@ -700,6 +742,8 @@ def _health(name: str) -> Callable[[], bool]:
         return lambda: _http_ok(f"http://{HOST}:{p['prometheus']}/-/ready")
     if name == "podrunner":
         return lambda: _http_ok(f"http://{HOST}:{p['podrunner']}/healthz")
+    if name == "registry":
+        return lambda: _http_ok(f"http://{HOST}:{p['registry-debug']}/debug/health")
     if name == "kueue":  # ready: caches synced, controllers and the (unregistered) webhook server started
         return lambda: _http_ok(f"http://{HOST}:{p['kueue']}/readyz")
     raise KeyError(name)
@@ -717,6 +761,8 @@ def start_component(name: str, timeout: float = 120.0) -> None:
     if _pid(name) is None:
         if name == "kueue":
             _prepare_kueue()
+        if name == "registry":
+            _prepare_registry()
         argv, env = _argv(name)
         _start(name, argv, env)
         if name == "podrunner":
@@ -760,13 +806,17 @@ def is_running() -> bool:
 def _start_addons(stack: StackInfo) -> bool:
     """A healthy stack lacking only add-on components (started before they existed) gets them started."""
     core = [n for n in COMPONENTS if n not in ADDONS]
-    if not all(_healthy(n) for n in core) or any(_pid(n) is not None for n in ADDONS):
+    missing = [n for n in ADDONS if _pid(n) is None]
+    running = [n for n in ADDONS if n not in missing]
+    if not missing or not all(_healthy(n) for n in core + running):
         return False
     ensure_binaries()
-    for name in ADDONS:
+    for name in missing:
         log.info("local stack running without %s: starting it", name)
         start_component(name)
-    _setup_queues(stack)
+    if "kueue" in missing:
+        _setup_queues(stack)
+    _write_env(stack)
     return True
 
 
@@ -832,6 +882,9 @@ def _write_env(stack: StackInfo) -> None:
         "KUBEFT_MINIO_SECRET_KEY": stack.minio_secret_key,
         "KUBEFT_PROMETHEUS_URL": stack.prometheus_url,
         "KUBEFT_PROMETHEUS_TARGETS": str(stack.prometheus_targets_dir),
+        "KUBEFT_REGISTRY": stack.registry,
+        "KUBEFT_REGISTRY_USER": stack.registry_user,
+        "KUBEFT_REGISTRY_PASSWORD": stack.registry_password,
     }
     text = "".join(f"export {k}={v}\n" for k, v in lines.items())
     text += f'export PATH="{stack.bin_dir}:$PATH"\n'
@@ -864,6 +917,7 @@ def versions() -> dict[str, str]:
         ("kube-scheduler", [str(BIN / "kube-scheduler"), "--version"]),
         ("kwok", [str(BIN / "kwok"), "--version"]),
         ("prometheus", [prometheus_binary(), "--version"]),
+        ("registry", [str(BIN / "registry"), "--version"]),
     )
     # MinIO built with `go install` reports "DEVELOPMENT.GOGET"; the pinned module version is in the file name
     out["minio"] = (BIN / "minio").resolve().name

@@ -1,7 +1,8 @@
 """Tiny models and datasets, made offline, for the demo and the tests.
 
 No model hub is reachable here, so the demo and the tests build their own model: a
-byte-level BPE tokenizer trained on the dataset's text (with a chatml chat template),
+Llama-style BPE tokenizer (byte fallback, the shape llama.cpp's GGUF converter knows) trained on
+the dataset's text (with a chatml chat template),
 and a random-initialised Llama of a few hundred thousand parameters. Both are saved
 with `save_pretrained` and load through the real `from_pretrained` path, from a local
 directory or from S3, exactly like a real model.
@@ -73,20 +74,38 @@ def write_jsonl(path: Path, items: list[Any]) -> Path:
 
 
 def build_tokenizer(out: Path, corpus: list[str] | None = None, vocab_size: int = 400) -> Any:
-    """A byte-level BPE with chatml specials and template, saved to `out` and reloaded from there."""
+    """A Llama-style BPE (SentencePiece-like: ``▁`` for spaces, byte fallback) with chatml specials
+    and template, saved to `out` and reloaded from there.
+
+    The same shape as the tokenizer.json of Llama 2, Mistral or TinyLlama, so llama.cpp's
+    convert_hf_to_gguf.py converts it (its "llama" vocabulary); a GPT-2 style byte-level BPE trained
+    here would be refused (its pre-tokenizer's hash is none the converter knows). `vocab_size`
+    counts everything: the specials, the 256 byte tokens <0x00>..<0xFF> and the pieces learnt.
+    """
+    import json
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     corpus = corpus or [f"{SYSTEM} {q} {a} user assistant system" for q, a in QA]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<pad>", "<s>", "<|im_start|>", "<|im_end|>"]
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    # learn pieces within words (a piece may start with ▁), as SentencePiece does
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<pad>", "<s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size, special_tokens=specials + byte_tokens, show_progress=False
     )
     tok.train_from_iterator(corpus * 4, trainer)
+    # byte tokens are ordinary vocabulary (byte fallback), not added tokens; spaces become ▁ and
+    # only the text's start gets one in front (not the text after a special token), as Mistral's
+    doc = json.loads(tok.to_str())
+    doc["added_tokens"] = [t for t in doc["added_tokens"] if t["content"] in specials]
+    tok = Tokenizer.from_str(json.dumps(doc))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>"
     )

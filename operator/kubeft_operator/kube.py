@@ -26,7 +26,7 @@ from kubeft import contract
 from kubeft import profile as profiles
 
 from . import conditions as cond
-from . import modelconfig, resources
+from . import exportcheck, modelconfig, resources
 from . import placement as pl
 from .api import FineTuneJob
 from .reconcile import Decision, Inputs, Observed, PodState, TrainerJob, WorkloadState, iso
@@ -259,7 +259,7 @@ class Kube:
             endpoint=job.spec.storage.endpoint or settings.default_storage_endpoint,
             credentials=creds,
             timeout=settings.model_config_timeout_seconds,
-        )
+        ) or exportcheck.problem(self.core, job, shape)
         if problem is not None:
             return Inputs(invalid_reason=problem.reason, invalid_message=problem.message)
         queue = self.default_queue(job, settings)

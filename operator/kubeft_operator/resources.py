@@ -15,6 +15,7 @@ from kubernetes import client
 
 from kubeft import contract
 
+from . import exportcheck
 from .api import FineTuneJob
 from .modelconfig import shape_to_dict
 from .plan import Plan
@@ -115,7 +116,7 @@ def trainer_config(job: FineTuneJob, plan: Plan) -> dict[str, Any]:
         spec.get("hyperparameters", {}).pop("lora", None)
     spec["storage"]["endpoint"] = plan.endpoint
     spec["storage"]["bucket"] = plan.bucket
-    spec["export"] = {"formats": list(job.spec.export_formats(plan.method))}
+    spec["export"] = {**spec.get("export", {}), "formats": list(job.spec.export_formats(plan.method))}
     # the GPU classes the pod may land on (Kueue picks one when queued); the trainer plans for the
     # least memory among them
     placement: dict[str, Any] = {
@@ -218,7 +219,7 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
         if gpus > 1:
             ports = ",".join(str(contract.METRICS_PORT + r) for r in range(gpus))
             env.append(client.V1EnvVar(name=contract.ENV_METRICS_PORTS, value=ports))
-    return env
+    return env + exportcheck.oci_env(job)
 
 
 def rendezvous_endpoint(job: FineTuneJob) -> str:

@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def e2e_namespace(stack: Any, api_client: Any, kubeft_crds: list[str]) -> Iterator[str]:
-    """A namespace with the storage Secret, inputs in MinIO and an operator release watching it."""
+    """A namespace with the storage Secret, inputs in MinIO and an operator release watching it.
+
+    The CRD is this checkout's (kubeft_crds): Helm installs a chart's CRD only when there is none,
+    so a stack that served an older one would keep it."""
     ns = f"e2e-{uuid.uuid4().hex[:8]}"
     demo.upload_inputs(stack)
     demo.prepare_namespace(api_client, stack, ns)

@@ -318,6 +318,23 @@ def test_job_json_has_the_spec_with_defaults_placement_and_estimate() -> None:
     assert set(doc["estimate"]["profiles"]) == {"configured", "lean", "fast"}
 
 
+def test_job_json_keeps_export_oci_and_the_pod_reads_the_registry_secret() -> None:
+    oci = {"repository": "ghcr.io/acme/models", "credentialsSecret": "registry-creds"}
+    j, plan = _plan_and_job(export={"formats": ["adapter", "gguf-q4_k_m"], "oci": oci})
+    doc = json.loads(resources.get_config_map(j, plan).data[contract.TRAINER_CONFIG_FILE])
+    assert doc["spec"]["export"] == {
+        "formats": ["adapter", "gguf-q4_k_m"],
+        "oci": {**oci, "plainHttp": False},
+    }
+    env = {e.name: e for e in resources.get_trainer_job(j, plan).spec.template.spec.containers[0].env}
+    ref = env[contract.ENV_OCI_AUTH].value_from.secret_key_ref
+    assert (ref.name, ref.key) == ("registry-creds", ".dockerconfigjson")
+    j, plan = _plan_and_job()  # no export.oci: no registry credentials in the pod
+    assert contract.ENV_OCI_AUTH not in {
+        e.name for e in resources.get_trainer_job(j, plan).spec.template.spec.containers[0].env
+    }
+
+
 # --- lifecycle decisions -------------------------------------------------------------------
 RUNNING = {"phase": "Training", "trainerJob": "j-trainer", "pod": "j-trainer-0-abcde",
            "startTime": "2026-11-23T11:00:00Z"}  # fmt: skip

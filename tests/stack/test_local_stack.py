@@ -204,6 +204,35 @@ def test_minio_object_reads_back_byte_for_byte(minio_client: Any, bucket: str) -
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
 
 
+def test_registry_takes_a_push_with_its_credentials_and_refuses_others(stack: Any, tmp_path: Path) -> None:
+    """CNCF distribution with basic auth: ORAS pushes and pulls back byte for byte; a wrong password
+    is refused, and so is a request without credentials."""
+    import oras.provider
+
+    payload = tmp_path / "blob.bin"
+    payload.write_bytes(os.urandom(1024 * 1024 + 3))
+    target = f"{stack.registry}/stack-test/blob:{uuid.uuid4().hex[:8]}"
+
+    def client(user: str, password: str) -> Any:
+        c = oras.provider.Registry(hostname=stack.registry, insecure=True, auth_backend="basic")
+        c.auth.set_basic_auth(user, password)
+        return c
+
+    # the registry asks for basic auth
+    r = requests.get(f"http://{stack.registry}/v2/", timeout=10)
+    assert r.status_code == 401 and r.headers["Www-Authenticate"].startswith("Basic realm=")
+    good = client(stack.registry_user, stack.registry_password)
+    resp = good.push(target=target, files=[str(payload)], disable_path_validation=True, quiet=True)
+    assert resp.status_code == 201 and resp.headers["Docker-Content-Digest"].startswith("sha256:")
+    out = tmp_path / "pulled"
+    (pulled,) = good.pull(target=target, outdir=str(out))
+    assert Path(pulled).read_bytes() == payload.read_bytes()
+    with pytest.raises(ValueError, match=r"(?i)unauthorized"):
+        client(stack.registry_user, "wrong").push(
+            target=target, files=[str(payload)], disable_path_validation=True, quiet=True
+        )
+
+
 @pytest.fixture()
 def metrics_server() -> Iterator[tuple[str, str]]:
     """An HTTP /metrics endpoint with a uniquely named gauge."""

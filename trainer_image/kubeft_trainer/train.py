@@ -5,7 +5,8 @@
     train()    status Training; SFT with checkpoints uploaded in the background;
                SIGTERM → final checkpoint, then exit 143
     evaluate() status Evaluating; loss/perplexity on the eval set, sample generations
-    export()   status Exporting; adapter and/or merged-16bit, uploaded under artifacts/
+    export()   status Exporting; adapter, merged-16bit, GGUF (llama.cpp), uploaded under artifacts/,
+               and pushed as OCI artifacts when export.oci names a repository
     cleanup()  waits for uploads, final status, stops the metrics server
 
 TRL's SFTTrainer does the heavy lifting as its docs recommend: pre-tokenized rows with our
@@ -27,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from kubeft import contract
+from kubeft import gguf as gguf_formats
 from kubeft_trainer import attention
 from kubeft_trainer import data as data_mod
 from kubeft_trainer import distributed as dist_mod
 from kubeft_trainer import export as export_mod
+from kubeft_trainer import gguf as gguf_mod
+from kubeft_trainer import oci as oci_mod
 from kubeft_trainer import profile as profile_mod
 from kubeft_trainer.callbacks import (
     CheckpointCallback,
@@ -133,7 +137,7 @@ class Recipe:
         self.profile: profile_mod.Profile | None = None
         self.args: Any = None
         self.summary: dict[str, Any] = {}
-        self.artifacts: dict[str, str] = {}
+        self.artifacts: dict[str, Any] = {}
         self._t0 = time.monotonic()
 
     # --- setup ------------------------------------------------------------------
@@ -165,6 +169,10 @@ class Recipe:
             Path,
         )
         self.tokenizer = load_tokenizer(self.model_dir)
+        if self.rank.main and any(gguf_formats.is_gguf(f) for f in self.spec.export_formats(self.method)):
+            # rank 0 alone exports, so it alone checks (a refusal ends every rank)
+            self._stage("checking that llama.cpp can convert the model to GGUF (vocabulary only)")
+            gguf_mod.check_convertible(self.model_dir, self.workdir / "gguf-check")
         self._stage(f"preparing the dataset {self.spec.dataset.source}")
         self.datasets = self._load_datasets()
         self.metrics.inc("dataset_rows_usable", self.datasets.report.usable)
@@ -758,6 +766,8 @@ class Recipe:
         self.status.update(phase=PHASE_EXPORTING)
         local = self.workdir / "artifacts"
         formats = list(self.spec.export_formats(self.method))
+        ggufs = [f for f in formats if gguf_formats.is_gguf(f)]
+        skipped: list[str] = []  # why a format asked for is missing: status.progress.message
         adapter_dir = None
         if gathered is not None:
             adapter_dir = self._export_gathered(gathered, local, formats)
@@ -765,26 +775,37 @@ class Recipe:
             adapter_dir = export_mod.export_adapter(
                 self.trainer.model, self.tokenizer, local / export_mod.ADAPTER
             )
-        if export_mod.MERGED in formats:
+        merged = False
+        if export_mod.MERGED in formats or ggufs:  # the GGUF files are made from the merged model
             assert self.model_dir is not None
             if self.method == "full" and gathered is not None:
-                pass  # written by _export_gathered
+                merged = True  # written by _export_gathered
             elif self.method == "full":
                 export_mod.export_merged(
                     self.model_dir, self.method, self.hw, self.tokenizer, local / export_mod.MERGED,
                     full_model=self.trainer.model,
                 )  # fmt: skip
-            elif not self._export_merged_adapter(local / export_mod.MERGED, adapter_dir):
-                formats = [f for f in formats if f != export_mod.MERGED]
-        for fmt in formats:
+                merged = True
+            else:
+                merged, why = self._export_merged_adapter(local / export_mod.MERGED, adapter_dir)
+                if not merged:
+                    skipped.append(why)
+                    skipped += [f"{f} not exported: it is made from the merged model" for f in ggufs]
+        dirs = {fmt: local / fmt for fmt in formats if fmt in (export_mod.ADAPTER, export_mod.MERGED)}
+        if not merged:
+            dirs.pop(export_mod.MERGED, None)
+        for fmt, path in dirs.items():
             uri, _ = export_mod.upload_dir(
-                store,
-                local / fmt,
-                export_mod.artifact_prefix(self.job_root, fmt),
-                self.storage._bounded(),
+                store, path, export_mod.artifact_prefix(self.job_root, fmt), self.storage._bounded()
             )
-            key = "adapter" if fmt == export_mod.ADAPTER else "merged"
-            self.artifacts[key] = uri
+            self.artifacts["adapter" if fmt == export_mod.ADAPTER else "merged"] = uri
+        if ggufs and merged:
+            for fmt, path in self._export_gguf(local, ggufs, skipped).items():
+                uri, _ = export_mod.upload_dir(
+                    store, path, export_mod.artifact_prefix(self.job_root, fmt), self.storage._bounded()
+                )
+                self.artifacts[fmt] = uri
+                dirs[fmt] = path
         if (local / "eval").exists():
             uri, _ = export_mod.upload_dir(
                 store,
@@ -793,7 +814,11 @@ class Recipe:
                 self.storage._bounded(),
             )
             self.artifacts["evalGenerations"] = uri + "generations.jsonl"
+        if skipped:
+            self.status.update(progress={"message": "; ".join(skipped)})
         self.status.update(artifacts=self.artifacts)
+        if self.spec.export.oci is not None:
+            self._push_oci(dirs)
 
     def _export_gathered(self, state: dict[str, Any], local: Path, formats: list[str]) -> Path | None:
         """FSDP: the adapter (or the fully trained model) from the gathered state dict, in the same
@@ -807,7 +832,7 @@ class Recipe:
             self.tokenizer.save_pretrained(str(out))
             log.info("adapter exported to %s", out)
             return out
-        if export_mod.MERGED in formats:
+        if export_mod.MERGED in formats or any(gguf_formats.is_gguf(f) for f in formats):
             out = local / export_mod.MERGED
             out.mkdir(parents=True, exist_ok=True)
             dtype = export_mod.save_dtype(self.hw)
@@ -818,8 +843,63 @@ class Recipe:
             log.info("merged %s model exported to %s", str(dtype).removeprefix("torch."), out)
         return None
 
-    def _export_merged_adapter(self, out_dir: Path, adapter_dir: Path | None) -> bool:
-        """Base + adapter merged in 16 bits where memory allows (export.plan_merge); False: not exported."""
+    def _export_gguf(self, local: Path, formats: list[str], skipped: list[str]) -> dict[str, Path]:
+        """llama.cpp's GGUF files of the merged model, where disk and memory allow (gguf.plan)."""
+        shape = profile_mod.shape_of(local / export_mod.MERGED)
+        disk_free = gguf_mod.disk_free(local)
+        plan = gguf_mod.plan(formats, shape, disk_free, profile_mod.available_host_memory())
+        for fmt, why in plan.skipped.items():
+            log.warning("%s %s", fmt, why)
+            skipped.append(f"{fmt} {why}")
+        if not plan.formats:
+            return {}
+        self._stage(f"converting the merged model to GGUF ({', '.join(plan.formats)}) with llama.cpp")
+        t0 = time.monotonic()
+        dirs = gguf_mod.build(local / export_mod.MERGED, plan.formats, local, self.tokenizer)
+        self.summary["ggufSeconds"] = round(time.monotonic() - t0, 1)
+        for fmt, path in dirs.items():
+            size = (path / gguf_formats.FORMATS[fmt].filename).stat().st_size
+            log.info("%s: %s (%d bytes)", fmt, path / gguf_formats.FORMATS[fmt].filename, size)
+        return dirs
+
+    def _push_oci(self, dirs: dict[str, Path]) -> None:
+        """Every export as an OCI artifact; status.artifacts.oci grows with each push.
+
+        A failed push fails the job (the message names the export and the reference); what is
+        already in object storage stays there and in status.artifacts.
+        """
+        oci = self.spec.export.oci
+        assert oci is not None
+        auth = oci_mod.auth_from_env()
+        plain = oci.plain_http or oci_mod.is_loopback(oci_mod.registry_host(oci.repository))
+        annotations = {
+            "io.kubeft.job": f"{self.cfg.job.namespace}/{self.cfg.job.name}",
+            "io.kubeft.base-model": self.spec.model.source,
+            "io.kubeft.method": self.method,
+        }
+        pushed: list[dict[str, str]] = []
+        for fmt, path in dirs.items():
+            self._stage(f"pushing {fmt} to {oci.repository}")
+            try:
+                result = oci_mod.push(
+                    path,
+                    fmt,
+                    oci.repository,
+                    oci_mod.tag_for(self.cfg.job.name, fmt),
+                    auth,
+                    plain,
+                    {**annotations, "io.kubeft.format": fmt},
+                )
+            except oci_mod.OciPushError as exc:
+                kept = ", ".join(f"{k} {v}" for k, v in self.artifacts.items() if isinstance(v, str))
+                self.status.update(progress={"message": f"{exc}; kept in object storage: {kept}"})
+                raise
+            pushed.append(result.status())
+            self.artifacts["oci"] = list(pushed)
+            self.status.update(artifacts={"oci": list(pushed)})
+
+    def _export_merged_adapter(self, out_dir: Path, adapter_dir: Path | None) -> tuple[bool, str]:
+        """Base + adapter merged in 16 bits where memory allows (export.plan_merge); else (False, why)."""
         import torch
 
         assert self.model_dir is not None
@@ -834,7 +914,7 @@ class Recipe:
                 export_mod.export_merged(
                     self.model_dir, self.method, self.hw, self.tokenizer, out_dir, adapter_dir, device="cuda"
                 )
-                return True
+                return True, ""
             except torch.OutOfMemoryError:
                 log.warning("the merge ran out of GPU memory; trying host memory")
                 self._release_trainer()
@@ -844,10 +924,9 @@ class Recipe:
             export_mod.export_merged(
                 self.model_dir, self.method, self.hw, self.tokenizer, out_dir, adapter_dir, device="cpu"
             )
-            return True
+            return True, ""
         log.warning("%s", plan.reason)
-        self.status.update(progress={"message": plan.reason})
-        return False
+        return False, plan.reason
 
     def _release_trainer(self) -> None:
         # The merged export loads a second copy of the base; free the training one first.
