@@ -351,7 +351,10 @@ def _failed(b: _Builder, trainer: TrainerJob, pods: Mapping[str, PodState]) -> D
     attempt = last.name if last is not None else trainer.name
     invalid = last is not None and last.exit_code == contract.EXIT_INVALID_INPUT
     if job_reason == "PodFailurePolicy" and invalid:
-        why, text = cond.INVALID_INPUT, f"the trainer rejected its input (not retried): {message}"
+        # the trainer's own reason when it gave one (ExportFailed: a registry refused the credentials)
+        why = reason if reason not in ("", "Error", cond.INVALID_INPUT) else cond.INVALID_INPUT
+        what = "rejected its input" if why == cond.INVALID_INPUT else f"stopped ({why})"
+        text = f"the trainer {what} (not retried): {message}"
     elif job_reason == "BackoffLimitExceeded":
         why = cond.OOM_KILLED if reason == cond.OOM_KILLED else cond.BACKOFF_LIMIT_EXCEEDED
         limit = b.job.spec.backoff_limit

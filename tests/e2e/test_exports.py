@@ -154,7 +154,7 @@ def test_wrong_registry_credentials_fail_the_job_and_keep_the_s3_artifacts(
     status = job["status"]
     assert status["phase"] == "Failed", status
     failed = conditions(status)["Failed"]
-    assert failed["status"] == "True"
+    assert failed["status"] == "True" and failed["reason"] == "ExportFailed"
     reference = f"{stack.registry}/demo/quickstart:{name}-adapter"
     # which export, where, and why: the first push (the adapter) was refused
     assert f"export.oci: pushing adapter to {reference} failed" in failed["message"], failed

@@ -429,6 +429,13 @@ def test_the_jobs_failure_reads_as_the_fine_tune_jobs_reason() -> None:
                SETTINGS, NOW)  # fmt: skip
     c = cond.get_condition(d.status["conditions"], cond.FAILED)
     assert c is not None and c["reason"] == cond.INVALID_INPUT and "no usable rows" in c["message"]
+    refused = failed_pod(
+        contract.EXIT_INVALID_INPUT, "export.oci: pushing adapter failed", reason="ExportFailed"
+    )
+    d = decide(job(status=dict(RUNNING)), seen(refused, failed=1, failure=("PodFailurePolicy", policy)), None,
+               SETTINGS, NOW)  # fmt: skip
+    c = cond.get_condition(d.status["conditions"], cond.FAILED)
+    assert c is not None and c["reason"] == "ExportFailed" and "stopped (ExportFailed)" in c["message"]
     d = decide(job(status=dict(RUNNING), activeDeadlineSeconds=60),
                seen(failure=("DeadlineExceeded", "Job was active longer than specified deadline")), None,
                SETTINGS, NOW)  # fmt: skip
