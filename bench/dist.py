@@ -23,7 +23,6 @@ DIR/dist.json and DIR/dist.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -43,6 +42,7 @@ sys.path[:0] = [str(REPO), str(REPO / "trainer_image"), str(HERE)]
 import workload  # noqa: E402
 
 from kubeft import estimate as est  # noqa: E402
+from kubeft.procs import kill_tree  # noqa: E402
 
 GIB = 2**30
 STEP = re.compile(r"step (\d+)/\d+ loss ([0-9.]+) .*tokens/s (\d+)")
@@ -85,29 +85,6 @@ class Nvml:
         self._stop.set()
         self._thread.join()
         return [p - b for p, b in zip(self.peak, self.base, strict=True)]
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILLs a process and every descendant (torchrun's workers run in sessions of their own)."""
-    import signal
-
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    todo, seen = [pid], []
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        todo.extend(children.get(p, []))
-    for p in seen:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
 
 
 def spec_for(

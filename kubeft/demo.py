@@ -187,23 +187,18 @@ def prepare_namespace(api: Any, info: Any, namespace: str = NAMESPACE) -> None:
             contract.SECRET_SECRET_KEY: info.minio_secret_key,
         },
     )
-    try:
-        core.create_namespaced_secret(namespace, secret)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        core.replace_namespaced_secret(SECRET, namespace, secret)
     registry = client.V1Secret(  # what `kubectl create secret docker-registry` makes
         metadata=client.V1ObjectMeta(name=REGISTRY_SECRET),
         type="kubernetes.io/dockerconfigjson",
         string_data={contract.SECRET_DOCKER_CONFIG: info.registry_auth()},
     )
-    try:
-        core.create_namespaced_secret(namespace, registry)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        core.replace_namespaced_secret(REGISTRY_SECRET, namespace, registry)
+    for body in (secret, registry):  # created, or replaced with this run's keys
+        try:
+            core.create_namespaced_secret(namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            core.replace_namespaced_secret(body.metadata.name, namespace, body)
     try:
         custom.delete_namespaced_custom_object(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, JOB

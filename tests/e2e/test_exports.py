@@ -43,6 +43,15 @@ def _pull(stack: Any, reference: str, digest: str, out: Path) -> tuple[dict[str,
     return manifest, [Path(f) for f in files]
 
 
+def refused_before_any_pod(core_v1: Any, custom_objects: Any, ns: str, name: str) -> dict[str, Any]:
+    """The Validated=False condition the job gets, once it has it; no trainer pod was made."""
+    status = wait_status(
+        custom_objects, ns, name, lambda s: conditions(s).get("Validated", {}).get("status") == "False"
+    )
+    assert not core_v1.list_namespaced_pod(ns, label_selector=f"{contract.LABEL_JOB}={name}").items
+    return dict(conditions(status)["Validated"])
+
+
 def test_quickstart_pushes_adapter_merged_and_gguf_that_load_back(
     stack: Any, api_client: Any, e2e_namespace: str, tmp_path: Path
 ) -> None:
@@ -188,13 +197,9 @@ def test_gguf_of_an_architecture_the_converter_refuses_is_stopped_before_any_pod
     )
     manifest["spec"]["export"].pop("oci")
     apply(stack, ns, manifest)
-    status = wait_status(
-        custom_objects, ns, name, lambda s: conditions(s).get("Validated", {}).get("status") == "False"
-    )
-    validated = conditions(status)["Validated"]
+    validated = refused_before_any_pod(core_v1, custom_objects, ns, name)
     assert validated["reason"] == "InvalidSpec"
     assert "does not support the architecture SpeechT5ForTextToSpeech" in validated["message"]
-    assert not core_v1.list_namespaced_pod(ns, label_selector=f"{contract.LABEL_JOB}={name}").items
 
 
 def test_oci_credentials_secret_that_does_not_exist_is_reported_before_any_pod(
@@ -203,10 +208,6 @@ def test_oci_credentials_secret_that_does_not_exist_is_reported_before_any_pod(
     ns, name = e2e_namespace, "no-registry-secret"
     export = {"oci": {"repository": f"{stack.registry}/demo/quickstart", "credentialsSecret": "nowhere"}}
     apply(stack, ns, quickstart(name, export=export))
-    status = wait_status(
-        custom_objects, ns, name, lambda s: conditions(s).get("Validated", {}).get("status") == "False"
-    )
-    validated = conditions(status)["Validated"]
+    validated = refused_before_any_pod(core_v1, custom_objects, ns, name)
     assert validated["reason"] == "SecretNotFound"
     assert "export.oci.credentialsSecret 'nowhere' not found" in validated["message"]
-    assert not core_v1.list_namespaced_pod(ns, label_selector=f"{contract.LABEL_JOB}={name}").items

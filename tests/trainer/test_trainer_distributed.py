@@ -144,16 +144,9 @@ def test_only_rank_0_reports_status(
 
 
 def _workers(launcher: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2 :].split()[1]) == launcher:
-                pids.append(int(entry.name))
-    return pids
+    from kubeft.procs import children
+
+    return children().get(launcher, [])
 
 
 def test_a_dead_rank_ends_the_gang_and_a_restart_resumes(

@@ -32,10 +32,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
-from kubeft import contract
+from kubeft import contract, procs
 from kubeft_trainer.errors import EXIT_FAILED, InvalidInputError, TrainerError
 
 log = logging.getLogger(__name__)
@@ -145,20 +144,7 @@ def exit_code(failures: Mapping[int, Any], terminated: bool) -> int:
 
 def worker_pids() -> list[int]:
     """The pids of this process's children (torchrun's workers, started in sessions of their own)."""
-    me = os.getpid()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may hold spaces and parentheses
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == me:
-            pids.append(int(entry.name))
-    return pids
+    return procs.children().get(os.getpid(), [])
 
 
 def run_torchrun(launch: Launch, argv: Sequence[str]) -> int:
