@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from kubeft.kubeapi import create_or_replace
+
 
 def wait_until(
     fn: Callable[[], Any], timeout: float = 60.0, what: str = "condition", interval: float = 0.25
@@ -46,7 +48,6 @@ def apply_admission_policies(api: Any, path: Path) -> list[str]:
 
     The API server starts enforcing them within a second or so (its policy informer)."""
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
 
     admission = client.AdmissionregistrationV1Api(api)
     calls = {
@@ -65,23 +66,14 @@ def apply_admission_policies(api: Any, path: Path) -> list[str]:
     for doc in yaml.safe_load_all(path.read_text()):
         if not doc or doc.get("kind") not in calls:
             continue
-        create, read, replace = calls[doc["kind"]]
-        name = doc["metadata"]["name"]
-        try:
-            create(doc)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            doc["metadata"]["resourceVersion"] = read(name).metadata.resource_version
-            replace(name, doc)
-        names.append(name)
+        create_or_replace(*calls[doc["kind"]], doc)
+        names.append(doc["metadata"]["name"])
     return names
 
 
 def apply_crds(api: Any, paths: Iterable[Path], timeout: float = 60.0) -> list[str]:
     """Creates or replaces each CRD in `paths` and waits until the API server serves it."""
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
 
     ext = client.ApiextensionsV1Api(api)
     names: list[str] = []
@@ -92,16 +84,13 @@ def apply_crds(api: Any, paths: Iterable[Path], timeout: float = 60.0) -> list[s
         ):
             if not doc or doc.get("kind") != "CustomResourceDefinition":
                 continue
-            name = doc["metadata"]["name"]
-            try:
-                ext.create_custom_resource_definition(doc)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                current = ext.read_custom_resource_definition(name)
-                doc["metadata"]["resourceVersion"] = current.metadata.resource_version
-                ext.replace_custom_resource_definition(name, doc)
-            names.append(name)
+            create_or_replace(
+                ext.create_custom_resource_definition,
+                ext.read_custom_resource_definition,
+                ext.replace_custom_resource_definition,
+                doc,
+            )
+            names.append(doc["metadata"]["name"])
     deadline = time.monotonic() + timeout
     for name in names:
         while True:

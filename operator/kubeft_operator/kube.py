@@ -24,6 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from kubeft import contract
 from kubeft import profile as profiles
+from kubeft.kubeapi import create_or_replace
 
 from . import conditions as cond
 from . import exportcheck, modelconfig, resources
@@ -275,16 +276,13 @@ class Kube:
 
     def ensure_profile_binding(self, profile_name: str, uid: str) -> None:
         """Creates (or replaces) the admission policy binding of one FineTuneProfile."""
-        body = profiles.binding(profile_name, uid)
         api = client.AdmissionregistrationV1Api(self.api)
-        try:
-            api.create_validating_admission_policy_binding(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            current = api.read_validating_admission_policy_binding(body["metadata"]["name"])
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            api.replace_validating_admission_policy_binding(body["metadata"]["name"], body)
+        create_or_replace(
+            api.create_validating_admission_policy_binding,
+            api.read_validating_admission_policy_binding,
+            api.replace_validating_admission_policy_binding,
+            profiles.binding(profile_name, uid),
+        )
 
     # --- writing -------------------------------------------------------------------
     def apply(self, job: FineTuneJob, decision: Decision, logger: Logger) -> None:
@@ -457,7 +455,6 @@ def trainer_job_state(body: client.V1Job, job: FineTuneJob) -> TrainerJob:
         uid=body.metadata.uid or "",
         suspended=bool(spec.suspend),
         queue=(body.metadata.labels or {}).get(contract.LABEL_QUEUE_NAME),
-        active=status.active or 0,
         failed=status.failed or 0,
         complete="Complete" in conditions,
         failure=(failed.reason or "Failed", failed.message or "") if failed is not None else None,

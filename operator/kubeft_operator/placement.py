@@ -46,10 +46,6 @@ class GpuClass:
         return max((n.gpus for n in self.nodes), default=0)
 
     @property
-    def max_free_per_node(self) -> int:
-        return max((n.free for n in self.nodes), default=0)
-
-    @property
     def free(self) -> int:
         return sum(n.free for n in self.nodes)
 

@@ -30,7 +30,6 @@ from .api import FineTuneJob
 from .plan import Plan
 from .settings import Settings
 
-RUNNING_PHASES = contract.RUNNING_PHASES
 TRAINER_PHASES = contract.TRAINER_PHASES
 TERMINAL_PHASES = contract.TERMINAL_PHASES
 OOM_HINT = "the trainer ran out of memory: try a smaller batchSize or maxSeqLength, or method qlora"
@@ -82,7 +81,6 @@ class TrainerJob:
     uid: str = ""
     suspended: bool = False
     queue: str | None = None  # its kueue.x-k8s.io/queue-name
-    active: int = 0
     failed: int = 0  # counted failures (the pod failure policy's Ignore rules do not count)
     complete: bool = False
     failure: tuple[str, str] | None = None  # Failed=True: (reason, message)

@@ -430,7 +430,7 @@ def get_trainer_job(job: FineTuneJob, plan: Plan) -> client.V1Job:
             active_deadline_seconds=spec.active_deadline_seconds,
             pod_failure_policy=pod_failure_policy(),
             pod_replacement_policy="Failed",
-            suspend=bool(plan.queue) or spec.suspend,
+            suspend=bool(plan.queue),  # Kueue unsuspends it (a suspended FineTuneJob gets no Job yet)
             template=get_pod_template(job, plan),
         ),
     )

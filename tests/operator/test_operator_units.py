@@ -446,13 +446,13 @@ def test_the_jobs_failure_reads_as_the_fine_tune_jobs_reason() -> None:
 
 
 def test_operator_never_overwrites_the_trainers_phase() -> None:
-    d = decide(job(status=dict(RUNNING)), seen(pod(), active=1), None, SETTINGS, NOW)
+    d = decide(job(status=dict(RUNNING)), seen(pod()), None, SETTINGS, NOW)
     assert "phase" not in d.status
     assert not {"progress", "checkpoints", "artifacts", "metrics"} & set(d.status)
 
 
 def test_suspend_suspends_the_job_and_resume_unsuspends_it() -> None:
-    d = decide(job(status=dict(RUNNING), suspend=True), seen(pod(), active=1), None, SETTINGS, NOW)
+    d = decide(job(status=dict(RUNNING), suspend=True), seen(pod()), None, SETTINGS, NOW)
     assert d.status["phase"] == "Suspended" and d.patch_trainer == {"spec": {"suspend": True}}
     assert cond.get_condition(d.status["conditions"], cond.SUSPENDED)["status"] == "True"  # type: ignore[index]
     st = {**RUNNING, "phase": "Suspended", "pod": None}
