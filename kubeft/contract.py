@@ -68,6 +68,9 @@ LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 KUEUE_GROUP: Final = "kueue.x-k8s.io"
 KUEUE_VERSION: Final = "v1beta2"
 LABEL_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"  # on the Job: its LocalQueue
+# on a trainer pod: kwok plays it (Running, then Succeeded) instead of the local pod runner (bench/scale)
+LABEL_SIMULATE: Final = f"{GROUP}/simulate"
+LABEL_CONTROLLER_UID: Final = "batch.kubernetes.io/controller-uid"  # on a Job's pods: the Job's uid
 LABEL_KUEUE_JOB_UID: Final = "kueue.x-k8s.io/job-uid"  # on the Workload: the Job it admits
 
 # --- the trainer pod -----------------------------------------------------------

@@ -59,7 +59,8 @@ from kubeft import contract
 log = logging.getLogger("kubeft.podrunner")
 
 RUN_COMPONENTS = (contract.COMPONENT_TRAINER, contract.COMPONENT_OPERATOR)
-SELECTOR = f"{contract.LABEL_COMPONENT} in ({','.join(RUN_COMPONENTS)})"
+# pods labelled kubeft.io/simulate are kwok's to play (bench/scale), not run here
+SELECTOR = f"{contract.LABEL_COMPONENT} in ({','.join(RUN_COMPONENTS)}),!{contract.LABEL_SIMULATE}"
 PASS_ENV = ("LANG", "LC_ALL", "TMPDIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "TZ")
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -443,9 +444,19 @@ def _write_kwok_config() -> Path:
             },
         }
     ]
+    simulated = {
+        "key": f'.metadata.labels["{contract.LABEL_SIMULATE}"]',
+        "operator": "In",
+        "values": ["true"],
+    }
     for path in sorted(KWOK_STAGES.glob("*.yaml")):
         stage = yaml.safe_load(path.read_text())
         if stage["spec"]["resourceRef"]["kind"] == "Pod" and stage["metadata"]["name"] != "pod-delete":
+            # trainer pods labelled kubeft.io/simulate=true (bench/scale): kwok plays them too
+            twin = copy.deepcopy(stage)
+            twin["metadata"]["name"] += "-simulated"
+            twin["spec"]["selector"]["matchExpressions"].append(simulated)
+            docs.append(twin)
             stage["spec"]["selector"]["matchExpressions"].append(exclude_trainer)
         docs.append(stage)
     out = STATE / "kwok.yaml"

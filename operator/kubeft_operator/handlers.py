@@ -1,15 +1,17 @@
-"""kopf registration: thin handlers that read, call :func:`.reconcile.decide`, and apply.
+"""kopf registration: watches that keep the caches and queue jobs, and the few changing handlers.
 
-One timer per FineTuneJob drives its whole lifecycle (placement, the trainer Job and its
-Kueue admission, suspend, TTL): it re-reads the job each time, so a restart
-of the operator, a missed watch event or a stale cache cannot make it act twice.
-A finished job has no timer (unless its TTL is to be enforced): it costs no request.
+The FineTuneJobs, their trainer Jobs, trainer pods and Kueue Workloads, and the GPU nodes are
+watched into kopf indexes (:mod:`.informers`); every change of one of them puts its FineTuneJob
+on the work queue, and the :class:`~.controller.Controller`'s workers reconcile it there. A
+finished job costs no request; no job carries a finalizer unless it has ``spec.cleanup: Delete``
+(its objects in storage must go before it does). With more than one replica, a Lease elects the
+one whose workers act; the others keep their caches warm and take over when its Lease runs out.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import os
 from typing import Any
 
 import kopf
@@ -17,15 +19,15 @@ import kopf
 from kubeft import contract
 from kubeft import profile as profiles
 
-from . import conditions as cond
-from . import metrics
-from .api import FineTuneJob, InvalidSpec
-from .kube import Kube, QuotaExceeded, utcnow
-from .reconcile import Inputs, Observed, decide, iso, needs_inputs, quota_wait
+from . import informers, metrics
+from .api import FineTuneJob
+from .controller import Controller
+from .informers import Key
+from .kube import Kube
+from .leader import LeaseElector
 from .settings import Settings
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-SETTINGS = Settings.from_env()  # the timer interval is needed at registration time
 
 
 @kopf.on.login()
@@ -36,31 +38,118 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
-    """Loads settings and API clients into ``memo``; our own finalizer and annotation names."""
+    """Settings, API clients, the work queue and its workers, the leader election."""
     settings.persistence.finalizer = f"{contract.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=contract.GROUP, key="last-handled-configuration"
     )
     settings.posting.enabled = False  # events are few and written by the reconcile, not log lines
-    memo.settings = Settings.from_env()  # fresh per run; only the timer interval is fixed at import
-    if memo.settings.peering:  # a replica that stops renewing itself this long is taken for dead
-        settings.peering.lifetime = memo.settings.peering_lifetime_seconds
-        settings.peering.mandatory = True
-    memo.kube = Kube.from_environment(memo.settings)
-    metrics.start(memo.settings.metrics_port)
-    logger.info("kubeft operator started; trainer image %s", memo.settings.trainer_image)
-
-
-def needs_ticks(status: Any, spec: Any, **_: Any) -> bool:
-    """Whether a job needs its timer: until it finished, and after that only to enforce its TTL.
-
-    kopf stops a timer whose filter no longer matches (and starts it again if it matches again),
-    so the thousands of finished jobs a platform keeps cost no API request.
-    """
-    return (
-        status.get("phase") not in contract.TERMINAL_PHASES or spec.get("ttlSecondsAfterFinished") is not None
+    memo.settings = Settings.from_env()
+    kube = Kube.from_environment(memo.settings)
+    controller = Controller(kube=kube, settings=memo.settings)
+    kube.cache = controller.cache
+    controller.profile_of = lambda namespace: namespace_profile(
+        namespace, controller.cache.index("namespace_profiles"), controller.cache.index("profile_specs")
     )
+    s = memo.settings
+    if s.leader_election_lease:
+        controller.elector = LeaseElector(
+            kube.api,
+            s.leader_election_namespace or os.environ.get("POD_NAMESPACE") or "default",
+            s.leader_election_lease,
+            duration=s.leader_election_lease_seconds,
+            retry=s.leader_election_retry_seconds,
+            on_started_leading=controller.enqueue_all,
+            on_stopped_leading=lambda: os._exit(1),  # come back as a standby; never act on a lost Lease
+        )
+    memo.kube, memo.controller = kube, controller
+    controller.start()
+    metrics.start(s.metrics_port)
+    election = f"leader election on Lease {s.leader_election_lease}" if s.leader_election_lease else ""
+    logger.info("kubeft operator started; trainer image %s; %d workers; %s",
+                s.trainer_image, s.workers, election or "single replica")  # fmt: skip
+
+
+@kopf.on.cleanup()
+def cleanup(memo: Any, **_: Any) -> None:
+    """Stops the workers and gives the Lease up, so a standby takes over at once."""
+    controller = getattr(memo, "controller", None)
+    if controller is not None:
+        controller.stop()
+
+
+def _enqueue(memo: Any, key: Key | None, kwargs: dict[str, Any]) -> None:
+    controller: Controller | None = getattr(memo, "controller", None)
+    if controller is None or key is None:
+        return
+    controller.cache.attach(kwargs)
+    controller.queue.add(key)
+
+
+# --- the caches: kopf runs no handler before each is filled from its initial listing ---
+@kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL)  # type: ignore[arg-type]  # async: runs on the loop
+async def ftj_bodies(namespace: str, name: str, body: Any, **_: Any) -> dict[Key, dict[str, Any]]:
+    """(namespace, name) → the FineTuneJob as last watched."""
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels={contract.LABEL_MANAGED_BY: contract.MANAGED_BY})  # type: ignore[arg-type]  # async: runs on the loop
+async def trainer_jobs(namespace: str, labels: Any, body: Any, **_: Any) -> Any:
+    """(namespace, FineTuneJob) → its trainer Job."""
+    return informers.trainer_job_entry(namespace, labels, body)
+
+
+@kopf.index("", "v1", "pods", labels={contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER})  # type: ignore[arg-type]  # async: runs on the loop
+async def trainer_pods(namespace: str, labels: Any, body: Any, **_: Any) -> Any:
+    """(namespace, FineTuneJob) → (Job uid, PodState) of each of its trainer pods."""
+    return informers.trainer_pod_entry(namespace, labels, body)
+
+
+@kopf.index(contract.KUEUE_GROUP, contract.KUEUE_VERSION, "workloads")  # type: ignore[arg-type]  # async: runs on the loop
+async def trainer_workloads(namespace: str, labels: Any, body: Any, **_: Any) -> Any:
+    """(namespace, Job uid) → the Kueue Workload of a Job."""
+    return informers.workload_entry(namespace, labels, body)
+
+
+@kopf.index("", "v1", "nodes")  # type: ignore[arg-type]  # async: runs on the loop
+async def gpu_node_index(name: str, body: Any, **_: Any) -> Any:
+    """Node → what placement reads of it (GPU nodes only)."""
+    return informers.node_entry(name, body)
+
+
+@kopf.index("", "v1", "pods")  # type: ignore[arg-type]  # async: runs on the loop
+async def gpus_in_use(body: Any, **_: Any) -> Any:
+    """Node → GPUs that bound, running pods ask for (placement without Kueue prefers free GPUs)."""
+    return informers.gpus_in_use_entry(body)
+
+
+# --- changes that put a job on the work queue ----------------------------------------
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
+async def job_changed(
+    type: str | None, name: str, namespace: str | None, status: Any, memo: Any, **kwargs: Any
+) -> None:
+    """Any change of a FineTuneJob (deletion included); keeps ``kubeft_operator_job_phase`` true
+    for every job from the watch alone, finished ones included."""
+    metrics.set_phase(namespace or "", name, None if type == "DELETED" else str(status.get("phase") or ""))
+    _enqueue(memo, (namespace or "", name), kwargs)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={contract.LABEL_MANAGED_BY: contract.MANAGED_BY})
+async def trainer_job_changed(namespace: str | None, labels: Any, memo: Any, **kwargs: Any) -> None:
+    owner = labels.get(contract.LABEL_JOB)
+    _enqueue(memo, (namespace or "", owner) if owner else None, kwargs)
+
+
+@kopf.on.event("", "v1", "pods", labels={contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER})
+async def trainer_pod_changed(namespace: str | None, labels: Any, memo: Any, **kwargs: Any) -> None:
+    owner = labels.get(contract.LABEL_JOB)
+    _enqueue(memo, (namespace or "", owner) if owner else None, kwargs)
+
+
+@kopf.on.event(contract.KUEUE_GROUP, contract.KUEUE_VERSION, "workloads")
+async def workload_changed(namespace: str | None, body: Any, memo: Any, **kwargs: Any) -> None:
+    _enqueue(memo, informers.workload_owner(namespace or "", body), kwargs)
 
 
 @kopf.index("", "v1", "namespaces")
@@ -94,38 +183,6 @@ def namespace_profile(namespace: str, namespace_profiles: Any, profile_specs: An
     return None
 
 
-@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
-def follow_phase(type: str | None, name: str, namespace: str | None, status: Any, **_: Any) -> None:
-    """Keeps ``kubeft_operator_job_phase`` true for every job from the watch alone, finished ones
-    included (they have no timer), and after an operator restart."""
-    metrics.set_phase(namespace or "", name, None if type == "DELETED" else str(status.get("phase") or ""))
-
-
-@kopf.timer(
-    contract.GROUP,
-    contract.VERSION,
-    contract.PLURAL,
-    interval=SETTINGS.reconcile_interval_seconds,
-    when=needs_ticks,
-)
-def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, **kwargs: Any) -> None:
-    """Moves one FineTuneJob one step forward (kwargs: kopf's indexes)."""
-    assert namespace is not None  # FineTuneJob is namespaced
-    started = time.monotonic()
-    profile = namespace_profile(namespace, kwargs["namespace_profiles"], kwargs["profile_specs"])
-    try:
-        reconcile(memo.kube, memo.settings, namespace, name, logger, profile)
-    except kopf.TemporaryError:
-        raise
-    except Exception as exc:
-        metrics.ERRORS.labels(kind=type(exc).__name__).inc()
-        raise kopf.TemporaryError(
-            f"reconcile failed: {exc}", delay=memo.settings.reconcile_interval_seconds
-        ) from exc
-    finally:
-        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-
-
 @kopf.on.delete(
     contract.GROUP,
     contract.VERSION,
@@ -150,63 +207,3 @@ def clean_up(body: Any, memo: Any, logger: Logger, namespace: str | None, **kwar
     except Exception as exc:
         raise kopf.TemporaryError(f"cannot delete the job's objects yet: {exc}", delay=10) from exc
     logger.info("spec.cleanup: Delete: removed %d objects under %s", count, where)
-
-
-def reconcile(
-    kube: Kube, settings: Settings, namespace: str, name: str, logger: Logger,
-    profile: profiles.Profile | None = None,
-) -> None:  # fmt: skip
-    """Reads the job and its trainer Job, decides, applies the decision and writes the status."""
-    body = kube.get_job(namespace, name)
-    if body is None:
-        return
-    try:
-        job = FineTuneJob.from_body(body, profile)
-    except InvalidSpec as exc:
-        meta = body["metadata"]
-        logger.warning("invalid spec: %s", exc)
-        stub = FineTuneJob.model_construct(
-            name=name, namespace=namespace, uid=meta.get("uid", ""), status=dict(body.get("status") or {})
-        )
-        conditions = stub.status.get("conditions") or []
-        for type_, (value, why, text) in {
-            cond.VALIDATED: (False, cond.INVALID_SPEC, str(exc)),
-            **cond.kstatus("Pending", cond.INVALID_SPEC, str(exc)),
-        }.items():
-            conditions = cond.set_condition(
-                conditions, type_, value, why, text, generation=meta.get("generation") or 0, now=iso(utcnow())
-            )
-        kube.patch_status(stub, {"phase": "Pending", "conditions": conditions})
-        return
-    if job.deletion_timestamp:
-        return
-    now = utcnow()
-    observed = kube.observe(job) if job.phase not in contract.TERMINAL_PHASES else Observed()
-    inputs = None
-    if needs_inputs(job, observed):
-        violations = job.profile_violations()
-        if violations and job.profile is not None:  # the profile was tightened after the job was made
-            text = f"FineTuneProfile {job.profile.name} forbids this job now: {'; '.join(violations)}"
-            inputs = Inputs(invalid_reason=cond.PROFILE_VIOLATION, invalid_message=text)
-        else:
-            inputs = kube.inputs(job, settings)
-    decision = decide(job, observed, inputs, settings, now)
-    try:
-        kube.apply(job, decision, logger)
-    except QuotaExceeded as exc:
-        logger.info("quota: %s", exc)
-        decision = quota_wait(job, str(exc), now)
-    changes = {k: v for k, v in decision.status.items() if job.status.get(k) != v}
-    if changes and not kube.patch_status(job, changes):
-        logger.info("status moved meanwhile; deciding again on the next tick")
-        return
-    for type_, reason, message in decision.events:
-        kube.event(job, type_, reason, message)
-    if decision.placement is not None:
-        p = decision.placement
-        result = "unschedulable" if not p.ok else ("waiting" if p.waiting else "placed")
-        product = p.gpu_class.product if p.gpu_class else ""
-        metrics.PLACEMENTS.labels(result=result, gpu_product=product, method=p.method).inc()
-        if "phase" in changes:
-            logger.info("placement: %s", p.message)
-    metrics.set_phase(namespace, name, decision.status.get("phase", job.phase))

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,9 +27,10 @@ from kubeft import profile as profiles
 from kubeft.kubeapi import create_or_replace
 
 from . import conditions as cond
-from . import exportcheck, modelconfig, resources
+from . import exportcheck, metrics, modelconfig, resources
 from . import placement as pl
 from .api import FineTuneJob
+from .informers import Cache
 from .reconcile import Decision, Inputs, Observed, PodState, TrainerJob, WorkloadState, iso
 from .settings import Settings
 
@@ -75,16 +76,47 @@ class RateLimitedApiClient(client.ApiClient):  # type: ignore[misc]
         super().__init__(configuration)
         self.bucket = bucket
 
-    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+    def call_api(
+        self, resource_path: str, method: str, path_params: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
         self.bucket.acquire()
-        return super().call_api(*args, **kwargs)
+        verb, resource = request_kind(resource_path, method, path_params or {})
+        metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
+        try:
+            return super().call_api(resource_path, method, path_params, *args, **kwargs)
+        except ApiException as exc:
+            metrics.API_ERRORS.labels(verb=verb, resource=resource, code=str(exc.status)).inc()
+            raise
+
+
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def request_kind(resource_path: str, method: str, path_params: Mapping[str, Any]) -> tuple[str, str]:
+    """(verb, resource[/subresource]) of a request, as the API server's request metrics name them:
+    ``("list", "pods")``, ``("patch", "finetunejobs/status")``."""
+    segs = [s for s in resource_path.split("/") if s]
+    start = 2 if segs[:1] == ["api"] else 3
+    ns = segs.index("namespaces") if "namespaces" in segs else -1
+    if 0 <= ns < len(segs) - 1 and segs[ns + 1] == "{namespace}":
+        start = ns + 2
+    rest = [str(path_params.get(s[1:-1], s)) if s.startswith("{") else s for s in segs[start:]]
+    if not rest:
+        return method.lower(), "namespaces" if "namespaces" in segs else ""
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    named = len(rest) > 1
+    verb = ("get" if named else "list") if method == "GET" else _VERBS.get(method, method.lower())
+    return verb, resource
 
 
 @dataclass
 class Kube:
-    """Typed API clients, built once at startup."""
+    """Typed API clients, built once at startup; with a :class:`~.informers.Cache` (the running
+    operator) a job's world is read from the watches instead of the API server."""
 
     api: client.ApiClient
+    cache: Cache | None = None
+    on_written: Callable[[dict[str, Any]], None] | None = None  # gets each FineTuneJob we patched
 
     @classmethod
     def from_environment(cls, settings: Settings | None = None) -> Kube:
@@ -131,23 +163,31 @@ class Kube:
             raise
 
     def observe(self, job: FineTuneJob) -> Observed:
-        """The trainer Job, its pods and its Kueue Workload (each read only when there is one)."""
+        """The trainer Job, its pods and its Kueue Workload: from the watches' caches when the
+        operator runs them, else read now (each only when there is one)."""
+        observed = self.cache.observe(job) if self.cache is not None else self._read(job)
+        trainer, pods = observed.trainer, observed.pods
+        if (
+            trainer is not None
+            and not trainer.suspended
+            and not any(not p.terminated for p in pods.values())
+            and not (trainer.complete or trainer.failure)
+        ):  # no pod: did the Job controller fail to make one (a ResourceQuota)? Events are not cached
+            trainer = replace(trainer, create_error=self._create_error(job.namespace, trainer.uid))
+            observed = replace(observed, trainer=trainer)
+        return observed
+
+    def _read(self, job: FineTuneJob) -> Observed:
         name = resources.trainer_job_name(job)
         body = _get_or_none(self.batch.read_namespaced_job, name, job.namespace)
         if body is None:
             return Observed()
         pods: dict[str, PodState] = {}
         if body.metadata.uid:
-            selector = f"batch.kubernetes.io/controller-uid={body.metadata.uid}"
+            selector = f"{contract.LABEL_CONTROLLER_UID}={body.metadata.uid}"
             items = self.core.list_namespaced_pod(job.namespace, label_selector=selector).items
             pods = {p.metadata.name: pod_state(p) for p in items}
         trainer = trainer_job_state(body, job)
-        if (
-            not trainer.suspended
-            and not any(not p.terminated for p in pods.values())
-            and not (trainer.complete or trainer.failure)
-        ):
-            trainer = replace(trainer, create_error=self._create_error(job.namespace, body.metadata.uid))
         workload = self._workload(job.namespace, body.metadata.uid) if trainer.queue else None
         return Observed(trainer=trainer, pods=pods, workload=workload)
 
@@ -264,13 +304,17 @@ class Kube:
         if problem is not None:
             return Inputs(invalid_reason=problem.reason, invalid_message=problem.message)
         queue = self.default_queue(job, settings)
-        nodes = self.core.list_node().items
-        bound = []
-        if queue is None:  # without Kueue the operator prefers a class with a free GPU now
-            bound = self.core.list_pod_for_all_namespaces(
-                field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
-            ).items
-        classes = pl.gpu_classes(pl.gpu_nodes(nodes, bound))
+        # without Kueue the operator prefers a class with a free GPU now
+        if self.cache is not None:
+            nodes = self.cache.gpu_nodes(with_usage=queue is None)
+        else:
+            bound = []
+            if queue is None:
+                bound = self.core.list_pod_for_all_namespaces(
+                    field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+                ).items
+            nodes = pl.gpu_nodes(self.core.list_node().items, bound)
+        classes = pl.gpu_classes(nodes)
         hf_token = contract.SECRET_HF_TOKEN in data
         return Inputs(classes=classes, shape=shape, has_hf_token=hf_token, queue=queue)
 
@@ -370,7 +414,7 @@ class Kube:
         if not ops:
             return True
         try:
-            self.custom.patch_namespaced_custom_object_status(
+            written = self.custom.patch_namespaced_custom_object_status(
                 contract.GROUP, contract.VERSION, job.namespace, contract.PLURAL, job.name, ops,
                 _content_type="application/json-patch+json",
             )  # fmt: skip
@@ -384,6 +428,8 @@ class Kube:
             if exc.status in (404, 409, 422):
                 return False
             raise
+        if self.on_written is not None and isinstance(written, dict):
+            self.on_written(written)
         return True
 
     def event(self, job: FineTuneJob, type_: str, reason: str, message: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 from collections.abc import Sequence
 
 import kopf
@@ -33,10 +32,8 @@ def cli(argv: Sequence[str] | None = None) -> None:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=liveness,
-        # replicas > 1: kopf peering elects the one that acts (the highest priority)
-        standalone=not settings.peering,
-        peering_name=settings.peering or None,
-        priority=(settings.peering_priority or random.randint(1, 2**31 - 1)) if settings.peering else None,
+        # every replica watches; a Lease (KUBEFT_LEADER_ELECTION_LEASE) elects the one that acts
+        standalone=True,
     )
 
 

@@ -26,6 +26,18 @@ ERRORS = Counter(
     ["kind"],
 )
 
+API_REQUESTS = Counter(
+    "kubeft_operator_api_requests_total",
+    "API requests the operator made itself (its watches not included), by verb and resource.",
+    ["verb", "resource"],
+)
+
+API_ERRORS = Counter(
+    "kubeft_operator_api_errors_total",
+    "API requests of the operator answered with an error (404 and 409 are expected ones), by code.",
+    ["verb", "resource", "code"],
+)
+
 _phases: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
 _server_started = False

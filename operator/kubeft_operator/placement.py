@@ -101,18 +101,27 @@ def _ready(node: Any) -> bool:
     return False
 
 
-def gpu_nodes(nodes: Iterable[Any], pods: Iterable[Any]) -> list[GpuNode]:
-    """Ready GPU nodes with their free GPU count (pods given are those of the whole cluster)."""
-    used: dict[str, int] = {}
+def pod_gpus(containers: Iterable[Any]) -> int:
+    """GPUs a pod's containers ask for (limits, else requests)."""
+    n = 0
+    for c in containers:
+        limits = _get(c, "resources", "limits") or {}
+        requests = _get(c, "resources", "requests") or {}
+        n += _int(limits.get(contract.RESOURCE_GPU) or requests.get(contract.RESOURCE_GPU) or 0)
+    return n
+
+
+def gpu_nodes(
+    nodes: Iterable[Any], pods: Iterable[Any] = (), used: Mapping[str, int] | None = None
+) -> list[GpuNode]:
+    """Ready GPU nodes with their free GPU count: ``used`` GPUs per node, or those the (bound,
+    running) ``pods`` of the whole cluster ask for."""
+    used = dict(used or {})
     for pod in pods:
         node_name = _get(pod, "spec", "node_name")
         if not node_name or _get(pod, "status", "phase") in ("Succeeded", "Failed"):
             continue
-        for c in _get(pod, "spec", "containers") or []:
-            limits = _get(c, "resources", "limits") or {}
-            requests = _get(c, "resources", "requests") or {}
-            n = _int(limits.get(contract.RESOURCE_GPU) or requests.get(contract.RESOURCE_GPU) or 0)
-            used[node_name] = used.get(node_name, 0) + n
+        used[node_name] = used.get(node_name, 0) + pod_gpus(_get(pod, "spec", "containers") or [])
     out: list[GpuNode] = []
     for node in nodes:
         labels: Mapping[str, str] = _get(node, "metadata", "labels") or {}

@@ -35,9 +35,12 @@ def config_map_name(job: FineTuneJob) -> str:
     return f"{job.name}-config"
 
 
+TRAINER_JOB_SUFFIX = "-trainer"
+
+
 def trainer_job_name(job: FineTuneJob) -> str:
     """Name of the batch/v1 Job that runs the trainer (its pods are ``<name>-0-<random>``)."""
-    return f"{job.name}-trainer"
+    return f"{job.name}{TRAINER_JOB_SUFFIX}"
 
 
 def labels(job: FineTuneJob) -> dict[str, str]:
@@ -335,7 +338,10 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
     )
     return client.V1PodTemplateSpec(
         metadata=client.V1ObjectMeta(
-            labels=labels(job) | {contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER},
+            labels=dict(plan.settings.trainer_pod_labels)
+            | labels(job)
+            | {contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER},
+            annotations=dict(plan.settings.trainer_pod_annotations) or None,
         ),
         spec=client.V1PodSpec(
             containers=[container],

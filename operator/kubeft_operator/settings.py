@@ -26,6 +26,7 @@ class Settings(BaseModel):
     default_bucket: str = "kubeft"
     # namespaces to watch; empty means all (cluster-wide)
     namespaces: tuple[str, ...] = ()
+    # the first retry delay of a job that waits (see retry_max_seconds)
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     # required GPU memory = estimate × (1 + margin)
     memory_margin: float = Field(default=est.PLACEMENT_MARGIN, ge=0)
@@ -36,12 +37,21 @@ class Settings(BaseModel):
     # final checkpoint: the floor plus twice (write, then upload) the checkpoint at this rate
     termination_grace_floor_seconds: int = Field(default=120, ge=0)
     checkpoint_bytes_per_second: float = Field(default=50e6, gt=0)
-    # more than one replica: the kopf peering object they share ("" runs standalone, one replica);
-    # the highest priority acts, the others pause; 0 picks a random one per process. A replica that
-    # stops renewing itself for the lifetime is taken for dead and the next one takes over.
-    peering: str = ""
-    peering_priority: int = Field(default=0, ge=0)
-    peering_lifetime_seconds: int = Field(default=10, ge=2)
+    # more than one replica: the coordination.k8s.io Lease they elect the acting one with ("": a
+    # single replica, no election); its namespace defaults to the pod's own (POD_NAMESPACE). The
+    # leader renews it every retry period; a standby takes over once it went unrenewed this long.
+    leader_election_lease: str = ""
+    leader_election_namespace: str = ""
+    leader_election_lease_seconds: float = Field(default=10.0, ge=2)
+    leader_election_retry_seconds: float = Field(default=2.0, gt=0)
+    # worker threads reconciling jobs (a job is never reconciled by two at once)
+    workers: int = Field(default=4, ge=1, le=64)
+    # a job waiting for something no watch reports (a Secret, a dataset upload, room for it) is
+    # looked at again after reconcile_interval_seconds, doubling up to retry_max_seconds
+    retry_max_seconds: float = Field(default=60.0, gt=0)
+    # a running job without any change is looked at again after this long (from the caches: no
+    # request); 0 never
+    resync_seconds: float = Field(default=300.0, ge=0)
     # client-side limit on the operator's own API requests (kopf's watches are not counted)
     api_qps: float = Field(default=20.0, gt=0)
     api_burst: int = Field(default=40, ge=1)
@@ -50,6 +60,10 @@ class Settings(BaseModel):
     model_config_timeout_seconds: float = Field(default=10.0, gt=0)
     hf_endpoint: str = "https://huggingface.co"
     trainer_run_as_user: int = 1000
+    # extra labels and annotations on trainer pods ("k=v,k2=v2"): cost allocation, a mesh opt-out;
+    # the scale benchmark's kubeft.io/simulate=true hands the pods to kwok instead of a runner
+    trainer_pod_labels: tuple[tuple[str, str], ...] = ()
+    trainer_pod_annotations: tuple[tuple[str, str], ...] = ()
     workdir: str = "/var/lib/kubeft"
 
     @classmethod
@@ -63,6 +77,9 @@ class Settings(BaseModel):
                 continue
             if name == "namespaces":
                 values[name] = tuple(n.strip() for n in raw.split(",") if n.strip())
+            elif name in ("trainer_pod_labels", "trainer_pod_annotations"):
+                pairs = [p.partition("=") for p in raw.split(",") if p.strip()]
+                values[name] = tuple((k.strip(), v.strip()) for k, _, v in pairs)
             elif name == "trainer_command":
                 values[name] = tuple(shlex.split(raw))
             else:

@@ -101,9 +101,9 @@ def test_cluster_wide_by_default_namespaced_when_watch_list_given() -> None:
     # on jobs, secrets or writes outside the list, except the cluster-scoped FineTuneProfiles
     # (kopf's progress annotations) and their admission policy bindings
     rules = {res: r["verbs"] for r in cluster_role["rules"] for res in r["resources"]}
-    writes = {"finetuneprofiles", "validatingadmissionpolicybindings", "clusterkopfpeerings", "kopfpeerings"}
+    writes = {"finetuneprofiles", "validatingadmissionpolicybindings"}
     assert set(rules) == {"nodes", "namespaces", "customresourcedefinitions", "pods", *writes}
-    assert rules["pods"] == ["list"]
+    assert rules["pods"] == ["list", "watch"]
     assert all(set(v) <= {"get", "list", "watch"} for res, v in rules.items() if res not in writes)
     assert set(rules["validatingadmissionpolicybindings"]) == {"get", "create", "update"}
     roles = by_kind(docs, "Role")
@@ -212,16 +212,21 @@ def test_alerting_rules_pass_promtool_and_the_chart_installs_them_unchanged() ->
     assert used <= exported, used - exported
 
 
-def test_more_than_one_replica_elects_a_leader_through_kopf_peering() -> None:
-    assert not [d for d in render() if d["kind"].endswith("KopfPeering")]
+def test_more_than_one_replica_elects_a_leader_through_a_lease() -> None:
     (deploy,) = by_kind(render(), "Deployment")
     env = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "KUBEFT_PEERING" not in env and deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert "KUBEFT_LEADER_ELECTION_LEASE" not in env and deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert not [r for r in by_kind(render(), "Role") if r["metadata"]["name"].endswith("leader-election")]
     docs = render("operator.replicas=2")
     (deploy,) = by_kind(docs, "Deployment")
-    env = {e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBEFT_PEERING"] == "kubeft" and env["KUBEFT_PEERING_LIFETIME_SECONDS"] == "10"
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBEFT_LEADER_ELECTION_LEASE"]["value"] == deploy["metadata"]["name"]
+    assert env["KUBEFT_LEADER_ELECTION_LEASE_SECONDS"]["value"] == "10"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert deploy["spec"]["replicas"] == 2
-    assert [d["metadata"]["name"] for d in by_kind(docs, "ClusterKopfPeering")] == ["kubeft"]
-    docs = render("operator.replicas=2", "watchNamespaces={team-a,team-b}")
-    assert sorted(d["metadata"]["namespace"] for d in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+    # the replicas may write that one Lease only, in the operator's own namespace
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election")]
+    assert role["metadata"]["namespace"] == deploy["metadata"]["namespace"]
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "resourceNames": [deploy["metadata"]["name"]], "verbs": ["get", "update"]}]  # fmt: skip

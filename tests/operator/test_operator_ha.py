@@ -1,5 +1,5 @@
-"""Two operator replicas with leader election (kopf peering): the leader is killed mid-run, the
-other takes over, and nothing is done twice."""
+"""Two operator replicas with leader election (a coordination.k8s.io Lease): the leader is killed
+mid-run, the other takes over, and nothing is done twice."""
 
 from __future__ import annotations
 
@@ -19,31 +19,43 @@ from kubeft import contract
 
 pytestmark = pytest.mark.stack
 
-LIFETIME = 6  # seconds a silent replica is still taken for alive
+LEASE = 6  # seconds an unrenewed Lease is still taken for held
 
 
 @pytest.fixture()
 def replicas(
-    run_operator: Any, custom_objects: Any, namespace: str, tmp_path: Path
+    run_operator: Any, api_client: Any, namespace: str, tmp_path: Path
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """Two `kubeft-operator` processes sharing the KopfPeering `kubeft` (priorities 200 and 100)."""
-    custom_objects.create_namespaced_custom_object(
-        "kopf.dev", "v1", namespace, "kopfpeerings",
-        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "kubeft"}},
-    )  # fmt: skip
+    """Two `kubeft-operator` processes electing the acting one through the Lease `kubeft`; the
+    first one started is the leader (it finds no Lease)."""
     procs = {}
-    for role, priority in (("leader", 200), ("follower", 100)):
+    for role in ("leader", "follower"):
         env = {
             **os.environ,
             "KUBEFT_NAMESPACES": namespace,
-            "KUBEFT_PEERING": "kubeft",
-            "KUBEFT_PEERING_PRIORITY": str(priority),
-            "KUBEFT_PEERING_LIFETIME_SECONDS": str(LIFETIME),
+            "KUBEFT_LEADER_ELECTION_LEASE": "kubeft",
+            "KUBEFT_LEADER_ELECTION_NAMESPACE": namespace,
+            "KUBEFT_LEADER_ELECTION_LEASE_SECONDS": str(LEASE),
+            "HOSTNAME": role,
         }
         log = (tmp_path / f"{role}.log").open("wb")
         procs[role] = subprocess.Popen(
             [sys.executable, "-m", "kubeft_operator.main"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
+        if role == "leader":
+            lease = client.CoordinationV1Api(api_client)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    held = lease.read_namespaced_lease("kubeft", namespace).spec.holder_identity or ""
+                    if held.startswith("leader_"):
+                        break
+                except client.ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                time.sleep(0.5)
+            else:
+                raise AssertionError("the first replica never took the Lease")
     yield procs
     for proc in procs.values():
         if proc.poll() is None:
@@ -61,13 +73,12 @@ def test_the_standby_replica_takes_over_when_the_leader_dies_and_nothing_is_done
     ns = jobs.ns
     batch = client.BatchV1Api(api_client)
 
-    def peers() -> dict[str, Any]:
-        peering = custom_objects.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", "kubeft")
-        return dict(peering.get("status") or {})
+    lease = client.CoordinationV1Api(api_client)
 
-    ftj.wait_for(
-        lambda: {p.get("priority") for p in peers().values()} >= {100, 200}, what="both replicas peered"
-    )
+    def holder() -> str:
+        return str(lease.read_namespaced_lease("kubeft", ns).spec.holder_identity or "")
+
+    assert holder().startswith("leader_")
 
     def phase(name: str) -> str:
         return str((jobs.get(name).get("status") or {}).get("phase") or "")
@@ -76,13 +87,15 @@ def test_the_standby_replica_takes_over_when_the_leader_dies_and_nothing_is_done
     ftj.wait_for(lambda: phase("before") == "Initializing", what="the leader runs the first job")
     before = jobs.get("before")["status"]
 
-    replicas["leader"].kill()  # SIGKILL: no goodbye in the peering object
+    replicas["leader"].kill()  # SIGKILL: the Lease is not released, it has to run out
     killed = time.monotonic()
     jobs.create(ftj.job_manifest("after"))
-    ftj.wait_for(lambda: phase("after") in ("Scheduling", "Initializing"), timeout=LIFETIME + 30,
+    ftj.wait_for(lambda: phase("after") in ("Scheduling", "Initializing"), timeout=LEASE + 30,
                  what="the standby replica acting")  # fmt: skip
     took_over = time.monotonic() - killed
-    print(f"takeover after the leader's SIGKILL: {took_over:.1f} s (peering lifetime {LIFETIME} s)")
+    print(f"takeover after the leader's SIGKILL: {took_over:.1f} s (Lease duration {LEASE} s)")
+    assert holder().startswith("follower_")
+    assert took_over < 15
     ftj.wait_for(lambda: phase("after") == "Initializing", what="the second job running")
     time.sleep(3)  # ticks of the new leader over both jobs
 

@@ -531,10 +531,13 @@ def test_a_finished_job_costs_no_reconcile_and_keeps_its_phase_in_the_metrics(
 
     with run_operator() as runner:
         jobs.create(ftj.job_manifest("ok-idle"))
+        ftj.wait_for(lambda: phase(jobs, "ok-idle") not in ("", "Pending"), what="placed")
+        # a running job carries no finalizer either: deleting it needs no operator
+        running_finalizers = jobs.get("ok-idle")["metadata"].get("finalizers") or []
         ftj.wait_for(lambda: phase(jobs, "ok-idle") == "Succeeded", what="Succeeded")
-        time.sleep(2)  # the timer notices that its filter no longer matches
+        time.sleep(2)  # the last watch events of the job and its pod are handled
         before = reconciles()
-        time.sleep(5)  # five ticks at the tests' 1 s interval
+        time.sleep(5)  # five retry intervals of the tests' 1 s
         idle = reconciles() - before
         phases = {(ns, n): p for (ns, n), p in metrics._phases.items() if n == "ok-idle"}
         # nothing to do on its deletion either: no finalizer, so it can be deleted with no operator
@@ -543,6 +546,7 @@ def test_a_finished_job_costs_no_reconcile_and_keeps_its_phase_in_the_metrics(
     assert idle == 0, f"{idle} reconciles of a finished job in 5 s"
     assert phases == {(jobs.ns, "ok-idle"): "Succeeded"}  # the alerts still see it, from the watch
     assert "kubeft.io/finalizer" not in finalizers
+    assert "kubeft.io/finalizer" not in running_finalizers
 
 
 def test_cleanup_delete_removes_the_runs_objects_with_the_job_and_retain_keeps_them(

@@ -57,7 +57,7 @@ app.kubernetes.io/component: operator
   verbs: [get]
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
-  verbs: [get, list, patch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]
