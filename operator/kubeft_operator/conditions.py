@@ -54,6 +54,7 @@ TRAINER_JOB_LOST: Final = "TrainerJobLost"  # the trainer Job was deleted behind
 OOM_KILLED: Final = "OOMKilled"
 PROFILE_VIOLATION: Final = "ProfileViolation"  # the namespace's FineTuneProfile forbids the job (now)
 QUOTA_EXCEEDED: Final = "QuotaExceeded"  # a ResourceQuota refused the trainer pod: the job waits
+ENDPOINT_NOT_ALLOWED: Final = "EndpointNotAllowed"  # storage or hub outside the profile's (operator's) list
 
 # Waiting reasons that need someone to act (a Secret to create, a spec or cluster to change): Stalled.
 # The others (a dataset or claim not there yet, a quota, a retry's backoff) resolve on their own.
@@ -65,6 +66,7 @@ NEEDS_INTERVENTION: Final = frozenset(
         INSUFFICIENT_GPU_MEMORY,
         NO_GPU_NODES,
         PROFILE_VIOLATION,
+        ENDPOINT_NOT_ALLOWED,
     }
 )
 

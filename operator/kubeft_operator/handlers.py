@@ -64,10 +64,15 @@ def needs_ticks(status: Any, spec: Any, **_: Any) -> bool:
 
 
 @kopf.index("", "v1", "namespaces")
-def namespace_profiles(name: str, labels: Any, **_: Any) -> dict[str, str] | None:
-    """Namespace → the FineTuneProfile its label names (from the watch: no request per tick)."""
-    chosen = labels.get(profiles.LABEL_PROFILE)
-    return {name: chosen} if chosen else None
+def namespace_profiles(
+    name: str, labels: Any, annotations: Any, **_: Any
+) -> dict[str, tuple[str, ...]] | None:
+    """Namespace → the FineTuneProfiles it allows, its label's (the default) first (from the watch:
+    no request per tick)."""
+    allowed = profiles.allowed_profiles(
+        labels.get(profiles.LABEL_PROFILE), annotations.get(profiles.ANNOTATION_ALLOWED)
+    )
+    return {name: allowed} if allowed else None
 
 
 @kopf.index(contract.GROUP, contract.VERSION, profiles.PLURAL)
@@ -85,13 +90,21 @@ def bind_profile(name: str, uid: str, memo: Any, logger: Logger, **_: Any) -> No
     logger.info("admission policy %s bound to profile %s", profiles.POLICY, name)
 
 
-def namespace_profile(namespace: str, namespace_profiles: Any, profile_specs: Any) -> profiles.Profile | None:
-    """The Profile of ``namespace`` from the indexes; None when it has none (or it does not exist)."""
-    for chosen in namespace_profiles.get(namespace, ()):
-        for found in profile_specs.get(chosen, ()):
-            return found  # type: ignore[no-any-return]
-        return profiles.Profile(name=chosen, limits=profiles.Limits(methods=()))  # named but missing
-    return None
+def namespace_profile(
+    namespace: str, namespace_profiles: Any, profile_specs: Any, requested: str | None = None
+) -> profiles.Profile | None:
+    """The Profile of a job of ``namespace`` (naming ``requested`` in spec.profile) from the indexes;
+    None when the namespace has none. A profile that does not exist, or that the namespace does not
+    allow, comes back as one that refuses every job, saying why."""
+    allowed: tuple[str, ...] = next(iter(namespace_profiles.get(namespace, ())), ())
+    chosen, why = profiles.choose(namespace, allowed, requested)
+    if why is not None:
+        return profiles.Profile.refused(requested or "", why)
+    if chosen is None:
+        return None
+    for found in profile_specs.get(chosen, ()):
+        return found  # type: ignore[no-any-return]
+    return profiles.Profile.refused(chosen, f"FineTuneProfile {chosen} does not exist")
 
 
 @kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
@@ -112,7 +125,9 @@ def reconcile_job(name: str, namespace: str | None, memo: Any, logger: Logger, *
     """Moves one FineTuneJob one step forward (kwargs: kopf's indexes)."""
     assert namespace is not None  # FineTuneJob is namespaced
     started = time.monotonic()
-    profile = namespace_profile(namespace, kwargs["namespace_profiles"], kwargs["profile_specs"])
+    profile = namespace_profile(
+        namespace, kwargs["namespace_profiles"], kwargs["profile_specs"], kwargs["spec"].get("profile")
+    )
     try:
         reconcile(memo.kube, memo.settings, namespace, name, logger, profile)
     except kopf.TemporaryError:
@@ -140,7 +155,9 @@ def clean_up(body: Any, memo: Any, logger: Logger, namespace: str | None, **kwar
     Only such jobs carry the finalizer. Storage away: retried (5 times, then the job is let go,
     with the objects left and a warning, rather than kept undeletable).
     """
-    profile = namespace_profile(namespace or "", kwargs["namespace_profiles"], kwargs["profile_specs"])
+    profile = namespace_profile(
+        namespace or "", kwargs["namespace_profiles"], kwargs["profile_specs"], body["spec"].get("profile")
+    )
     job = FineTuneJob.from_body(body, profile)
     try:
         where, count = memo.kube.delete_run_objects(job, memo.settings)
@@ -184,9 +201,12 @@ def reconcile(
     observed = kube.observe(job) if job.phase not in contract.TERMINAL_PHASES else Observed()
     inputs = None
     if needs_inputs(job, observed):
-        violations = job.profile_violations()
+        violations = job.profile_violations(settings.default_bucket)
         if violations and job.profile is not None:  # the profile was tightened after the job was made
-            text = f"FineTuneProfile {job.profile.name} forbids this job now: {'; '.join(violations)}"
+            text = (
+                violations[0] if job.profile.refusal
+                else f"FineTuneProfile {job.profile.name} forbids this job now: {'; '.join(violations)}"
+            )  # fmt: skip
             inputs = Inputs(invalid_reason=cond.PROFILE_VIOLATION, invalid_message=text)
         else:
             inputs = kube.inputs(job, settings)

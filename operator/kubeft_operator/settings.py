@@ -49,6 +49,9 @@ class Settings(BaseModel):
     liveness_port: int = Field(default=8081, ge=0, le=65535)  # 0: no /healthz endpoint
     model_config_timeout_seconds: float = Field(default=10.0, gt=0)
     hf_endpoint: str = "https://huggingface.co"
+    # URL prefixes (comma-separated) of every endpoint the operator may contact for a job: storage
+    # and hub; empty: any. Profiles narrow it further (operator/kubeft_operator/endpoints.py).
+    allowed_endpoints: tuple[str, ...] = ()
     trainer_run_as_user: int = 1000
     workdir: str = "/var/lib/kubeft"
 
@@ -61,7 +64,7 @@ class Settings(BaseModel):
             raw = env.get(PREFIX + name.upper())
             if raw is None:
                 continue
-            if name == "namespaces":
+            if name in ("namespaces", "allowed_endpoints"):
                 values[name] = tuple(n.strip() for n in raw.split(",") if n.strip())
             elif name == "trainer_command":
                 values[name] = tuple(shlex.split(raw))

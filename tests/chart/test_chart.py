@@ -52,7 +52,7 @@ def test_chart_crds_are_the_crds_directory_files_and_its_policies_the_files_one(
     policies = [d for d in render() if d["kind"].startswith("ValidatingAdmissionPolicy")]
     files = [d for d in yaml.safe_load_all((CHART / "files" / "admission-policies.yaml").read_text()) if d]
     assert policies == files and {d["metadata"]["name"] for d in files} == {
-        "kubeft-profile-limits", "kubeft-storage-required",
+        "kubeft-profile-limits", "kubeft-profile-choice", "kubeft-storage-required",
     }  # fmt: skip
     assert not [d for d in render("admissionPolicies.create=false") if "AdmissionPolicy" in d["kind"]]
 
