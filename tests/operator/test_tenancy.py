@@ -385,7 +385,7 @@ def test_the_operator_checks_endpoints_and_foreign_reads_as_the_policy_does() ->
     settings = Settings.from_env(
         {"KUBEFT_ALLOWED_ENDPOINTS": "http://minio.minio:9000, https://huggingface.co"}
     )
-    body = {"metadata": {"name": "j", "namespace": "a"},
+    body: dict[str, Any] = {"metadata": {"name": "j", "namespace": "a"},
             "spec": {"model": {"source": "hf://org/m"}, "dataset": {"source": "s3://d/x"},
                      "storage": {"credentialsSecret": "s", "endpoint": "http://10.0.0.1:9000"}}}  # fmt: skip
     assert problem(FineTuneJob.from_body(body), settings) == (
