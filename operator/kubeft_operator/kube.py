@@ -200,7 +200,14 @@ class Kube:
         if refused:
             raise LookupError(refused)
         name = job.spec.storage.credentials_secret or ""
-        secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
+        try:
+            secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            raise LookupError(
+                cond.secret_forbidden("storage.credentialsSecret", name, job.namespace)
+            ) from exc
         if secret is None:
             raise LookupError(f"storage.credentialsSecret {name!r} is gone from namespace {job.namespace}")
         creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.data or {}).items()}
@@ -227,7 +234,13 @@ class Kube:
                 invalid_reason=cond.INVALID_SPEC,
                 invalid_message="spec.storage.credentialsSecret is required (the Secret with the keys)",
             )
-        secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
+        try:
+            secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            text = cond.secret_forbidden("storage.credentialsSecret", secret_name, job.namespace)
+            return Inputs(invalid_reason=cond.SECRET_FORBIDDEN, invalid_message=text)
         if secret is None:
             return Inputs(
                 invalid_reason=cond.SECRET_NOT_FOUND,

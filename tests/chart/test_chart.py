@@ -91,9 +91,12 @@ def test_values_reach_the_operator() -> None:
 
 def test_cluster_wide_by_default_namespaced_when_watch_list_given() -> None:
     docs = render()
-    (cluster_role,) = by_kind(docs, "ClusterRole")
+    cluster_role, secrets = sorted(by_kind(docs, "ClusterRole"), key=lambda d: d["metadata"]["name"])
     assert any("finetunejobs" in r["resources"] for r in cluster_role["rules"])
-    assert not by_kind(docs, "Role")
+    # Secrets: not cluster-wide; a ClusterRole that only onboarded namespaces bind
+    assert not any("secrets" in r["resources"] for r in cluster_role["rules"])
+    assert [r["resources"] for r in secrets["rules"]] == [["secrets"]]
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
 
     docs = render("watchNamespaces={team-a,team-b}")
     (cluster_role,) = by_kind(docs, "ClusterRole")
@@ -225,3 +228,24 @@ def test_more_than_one_replica_elects_a_leader_through_kopf_peering() -> None:
     assert [d["metadata"]["name"] for d in by_kind(docs, "ClusterKopfPeering")] == ["kubeft"]
     docs = render("operator.replicas=2", "watchNamespaces={team-a,team-b}")
     assert sorted(d["metadata"]["namespace"] for d in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+
+
+def test_cluster_mode_reads_secrets_only_in_onboarded_namespaces() -> None:
+    docs = render("onboardedNamespaces={team-a,team-b}")
+    (secrets,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-secrets")]
+    assert secrets["metadata"]["labels"]["kubeft.io/secret-reader"] == "true"
+    (account,) = by_kind(docs, "ServiceAccount")
+    sa = f"{account['metadata']['namespace']}/{account['metadata']['name']}"
+    assert secrets["metadata"]["annotations"]["kubeft.io/service-account"] == sa
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for b in bindings:
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                "name": secrets["metadata"]["name"]}  # fmt: skip
+        assert [f"{s['namespace']}/{s['name']}" for s in b["subjects"]] == [sa]
+    # the old way, every namespace's Secrets, only when asked for
+    docs = render("rbac.secrets=cluster")
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert [r["verbs"] for r in cluster_role["rules"] if "secrets" in r["resources"]] == [["get"]]
+    with pytest.raises(AssertionError, match=r"rbac\.secrets must be onboarded or cluster, not everywhere"):
+        render("rbac.secrets=everywhere")
