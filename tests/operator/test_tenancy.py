@@ -4,13 +4,16 @@ another namespace, endpoints outside the profile: refused at apply and by the op
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -403,3 +406,80 @@ def test_the_operator_checks_endpoints_and_foreign_reads_as_the_policy_does() ->
         refused is not None
         and "the Hugging Face hub https://hf-mirror.internal is not in the operator's" in refused
     )
+
+
+# --- examples/platform: a team's namespace, its profiles, its jobs --------------------------
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "platform"
+
+
+def test_the_platform_example_gives_a_namespace_its_profiles_and_runs_its_jobs(
+    jobs: Any, run_operator: Any, core_v1: Any, custom_objects: Any, ftj: Any, stack: Any,
+    s3_dataset: Callable[[str], str], credentials: dict[str, str],
+) -> None:  # fmt: skip
+    def docs(name: str) -> list[dict[str, Any]]:  # the stack's MinIO for the cluster's
+        text = (EXAMPLE / name).read_text().replace("http://minio.minio:9000", stack.minio_endpoint)
+        return [d for d in yaml.safe_load_all(text) if d]
+
+    made = []
+    try:
+        for doc in docs("profiles.yaml"):
+            try:
+                custom_objects.delete_cluster_custom_object(
+                    contract.GROUP, contract.VERSION, profiles.PLURAL, doc["metadata"]["name"]
+                )  # left by an interrupted run
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            made.append(doc["metadata"]["name"])
+            make_profile(custom_objects, doc["metadata"]["name"], doc["spec"])
+        (namespace,) = docs("namespace.yaml")  # its label and annotation, on the test's namespace
+        meta = namespace["metadata"]
+        core_v1.patch_namespace(
+            jobs.ns, {"metadata": {"labels": meta["labels"], "annotations": meta["annotations"]}}
+        )
+        keys = {k: base64.b64encode(v.encode()).decode() for k, v in credentials.items()}
+        core_v1.create_namespaced_secret(jobs.ns, {"metadata": {"name": "minio-creds"}, "data": keys})
+        examples = docs("jobs.yaml")
+        with run_operator() as runner:
+            for job in examples:
+                job["metadata"].pop("namespace")
+                s3_dataset(job["spec"]["dataset"]["source"])
+                ftj.wait_for(
+                    lambda job=job: refusal_or_created(jobs, job), what=f"{job['metadata']['name']} accepted"
+                )
+            # without spec.profile the long context is the default profile's to refuse
+            default = {**examples[1], "metadata": {"name": "long-default"}}
+            default["spec"] = {k: v for k, v in examples[1]["spec"].items() if k != "profile"}
+            said = ftj.wait_for(lambda: refusal(jobs, default), what="team-ml's binding in force")
+            assert "is above FineTuneProfile team-ml's maxSeqLength 8192" in said
+            placed = ("Scheduling", "Initializing", "Training")
+            for job in examples:
+                name = job["metadata"]["name"]
+                ftj.wait_for(lambda name=name: (jobs.get(name).get("status") or {}).get("phase") in placed,
+                             what=f"{name} placed", timeout=90)  # fmt: skip
+                config = json.loads(
+                    core_v1.read_namespaced_config_map(f"{name}-config", jobs.ns).data["job.json"]
+                )
+                assert config["spec"]["storage"]["credentialsSecret"] == "minio-creds"
+                assert config["spec"]["storage"]["bucket"] == "kubeft"
+            large = jobs.get("long-context")["status"]["gpu"]["product"]
+            assert large in ("NVIDIA-A100-SXM4-40GB", "NVIDIA-H100-80GB-HBM3")  # team-ml-large's classes
+        assert runner.exception is None
+    finally:
+        for name in made:
+            custom_objects.delete_cluster_custom_object(
+                contract.GROUP, contract.VERSION, profiles.PLURAL, name
+            )
+
+
+def refusal_or_created(jobs: Any, body: dict[str, Any]) -> bool:
+    """Creates the job once the API server takes it (the policy's bindings are made by the operator)."""
+    try:
+        jobs.create(body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return True
+        if exc.status in (403, 422):  # a binding or the profile's informer is not there yet
+            return False
+        raise
+    return True
