@@ -5,6 +5,7 @@ another namespace, endpoints outside the profile: refused at apply and by the op
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import uuid
@@ -483,3 +484,36 @@ def refusal_or_created(jobs: Any, body: dict[str, Any]) -> bool:
             return False
         raise
     return True
+
+
+def test_a_profiles_hub_reaches_the_trainer_pod() -> None:
+    """defaults.hubEndpoint: the trainer downloads hf:// models from the same hub the operator read."""
+    from kubeft_operator import placement as pl
+    from kubeft_operator import resources
+    from kubeft_operator.api import FineTuneJob
+    from kubeft_operator.reconcile import Inputs, Observed, decide
+    from kubeft_operator.settings import Settings
+
+    from kubeft import estimate as est
+
+    l4 = {"metadata": {"name": "gpu-l4-0", "labels": {contract.LABEL_GPU_PRODUCT: "NVIDIA-L4",
+                                                     contract.LABEL_GPU_MEMORY: "23034"}},
+          "status": {"allocatable": {contract.RESOURCE_GPU: "1"},
+                     "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+    now = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
+    mirror = profiles.Profile.from_body(
+        {"metadata": {"name": "m"}, "spec": {"defaults": {"hubEndpoint": "https://hf-mirror.internal"}}}
+    )
+    body = {"metadata": {"name": "j", "namespace": "a", "uid": "u"},
+            "spec": {"model": {"source": "hf://meta-llama/Llama-3.2-1B"}, "dataset": {"source": "s3://d/x"},
+                     "storage": {"credentialsSecret": "s"}}}  # fmt: skip
+    shape = est.known_shape("llama-3.2-1b")
+    for profile, expected in ((mirror, "https://hf-mirror.internal"), (None, None)):
+        j = FineTuneJob.from_body(body, profile)
+        inputs = Inputs(classes=pl.gpu_classes(pl.gpu_nodes([l4], [])), shape=shape)
+        plan = decide(j, Observed(), inputs, Settings(), now).create
+        assert plan is not None
+        env = {
+            e.name: e.value for e in resources.get_trainer_job(j, plan).spec.template.spec.containers[0].env
+        }
+        assert env.get(contract.ENV_HF_ENDPOINT) == expected
