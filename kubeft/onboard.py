@@ -9,7 +9,8 @@ It does what docs/platform.md walks a platform team through:
    ClusterRole ``<release>-secrets`` (read Secrets): in cluster mode with ``rbac.secrets=onboarded``
    (the chart's default) the operator reads Secrets nowhere else. The ClusterRole is found by its
    label ``kubeft.io/secret-reader=true``; its annotation ``kubeft.io/service-account`` names the
-   ServiceAccount (``--cluster-role`` and ``--service-account`` name them by hand).
+   ServiceAccount (``--cluster-role`` and ``--service-account`` name them by hand). In namespaced
+   mode (the chart's ``watchNamespaces``) the chart's Role there already grants it: ``--no-rbac``.
 
 ``--dry-run`` prints the objects as YAML and changes nothing. Every profile named must exist.
 """
@@ -95,7 +96,7 @@ def find_secret_reader(rbac: Any, cluster_role: str | None, service_account: str
         raise OnboardError(
             f"no ClusterRole labelled {LABEL_SECRET_READER}=true: install kubeft's chart in cluster mode "
             "(rbac.secrets=onboarded, its default), or name one with --cluster-role and --service-account. "
-            "In namespaced mode (watchNamespaces) add the namespace to watchNamespaces instead"
+            "In namespaced mode list the namespace in the chart's watchNamespaces, then use --no-rbac"
         )
     if len(found) > 1:
         names = ", ".join(sorted(r.metadata.name for r in found))
@@ -118,6 +119,7 @@ def onboard(
     cluster_role: str | None = None,
     service_account: str | None = None,
     dry_run: bool = False,
+    rbac_binding: bool = True,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Onboards ``namespace`` (see the module); returns the objects and what was done, line by line."""
     from kubernetes import client
@@ -133,10 +135,11 @@ def onboard(
                 raise
             raise OnboardError(f"FineTuneProfile {name} not found (kubectl get finetuneprofiles)") from exc
     rbac = client.RbacAuthorizationV1Api(api_client)
-    role, account = find_secret_reader(rbac, cluster_role, service_account)
+    role, account = find_secret_reader(rbac, cluster_role, service_account) if rbac_binding else ("", "/")
     ns_body, binding = objects(namespace, profile, allowed, role, account)
+    made = [ns_body, binding] if rbac_binding else [ns_body]
     if dry_run:
-        return [ns_body, binding], []
+        return made, []
     core = client.CoreV1Api(api_client)
     done = []
     try:
@@ -156,6 +159,8 @@ def onboard(
         else:
             core.patch_namespace(namespace, {"metadata": ns_body["metadata"]})
             done.append(f"namespace/{namespace} labelled with profile {profile}")
+    if not rbac_binding:
+        return made, done
     try:
         existing = rbac.read_namespaced_role_binding(ROLE_BINDING, namespace)
     except ApiException as exc:
@@ -172,7 +177,7 @@ def onboard(
             rbac.delete_namespaced_role_binding(ROLE_BINDING, namespace)
             rbac.create_namespaced_role_binding(namespace, binding)
             done.append(f"rolebinding/{ROLE_BINDING} replaced: {account} may read Secrets in {namespace}")
-    return [ns_body, binding], done
+    return made, done
 
 
 def register(sub: Any) -> None:
@@ -196,6 +201,11 @@ def register(sub: Any) -> None:
         metavar="NAMESPACE/NAME",
         help="the operator's ServiceAccount (default: the chart's)",
     )
+    parser.add_argument(
+        "--no-rbac",
+        action="store_true",
+        help="label only (namespaced mode: the chart's Role grants the rest)",
+    )
     parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, else ~/.kube/config")
     parser.add_argument("--dry-run", action="store_true", help="print the objects as YAML; change nothing")
     parser.set_defaults(func=run)
@@ -210,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         made, done = onboard(
             client.ApiClient(configuration), args.namespace, args.profile, allowed,
-            args.cluster_role, args.service_account, args.dry_run,
+            args.cluster_role, args.service_account, args.dry_run, not args.no_rbac,
         )  # fmt: skip
     except OnboardError as exc:
         print(f"kubeft onboard: {exc}", file=sys.stderr)

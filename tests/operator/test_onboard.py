@@ -110,6 +110,9 @@ def test_onboard_grants_the_operator_secret_read_in_that_namespace_only(
         assert core_v1.read_namespace(namespace).metadata.labels[profiles.LABEL_PROFILE] == profile
         assert main(["onboard", fresh, "--profile", profile, *kubeconfig]) == 0
         assert f"namespace/{fresh} created with profile {profile}" in capsys.readouterr().out
+        # namespaced mode: the label only (the chart's Role in a watched namespace grants the rest)
+        assert main(["onboard", fresh, "--profile", profile, "--no-rbac", "--dry-run", *kubeconfig]) == 0
+        assert [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)] == ["Namespace"]
 
         # the ServiceAccount: Secrets of onboarded namespaces only (RBAC's own answer, then a read)
         assert may_read_secrets(api_client, operator_rbac, namespace)
