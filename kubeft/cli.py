@@ -2,6 +2,7 @@
 
     kubeft dev up|down|status|env     the local stack (Kubernetes + kwok GPU nodes + MinIO + Prometheus)
     kubeft estimate ...               peak GPU memory of a fine-tuning job, with its breakdown
+    kubeft onboard NAMESPACE --profile P   a namespace for kubeft: its profile, the operator's Secret read
 
 Each subcommand lives in its own module that exposes ``register(subparsers)``;
 the module is imported only if it exists, so the command works with any subset
@@ -22,6 +23,7 @@ SUBCOMMANDS = (
     "kubeft.estimate_cli",
     "kubeft_trainer.cli",
     "kubeft.demo",
+    "kubeft.onboard",
 )
 
 

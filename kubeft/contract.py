@@ -94,6 +94,7 @@ ENV_PVC_ROOT: Final = "KUBEFT_PVC_ROOT"  # where the claims of pvc:// sources ar
 ENV_S3_ACCESS_KEY: Final = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY: Final = "AWS_SECRET_ACCESS_KEY"
 ENV_HF_TOKEN: Final = "HF_TOKEN"
+ENV_HF_ENDPOINT: Final = "HF_ENDPOINT"  # the profile's hub (defaults.hubEndpoint), for huggingface_hub
 # more than one GPU: the trainer runs under torchrun, one process per GPU, a c10d rendezvous on the
 # pod of index 0 (its node rank is the Indexed Job's JOB_COMPLETION_INDEX)
 ENV_NNODES: Final = "KUBEFT_NNODES"

@@ -1,6 +1,8 @@
 """FineTuneProfile: a platform team's defaults and limits for the FineTuneJobs of a namespace.
 
-A namespace chooses its profile with the label ``kubeft.io/profile=<name>``. The API server
+A namespace chooses its default profile with the label ``kubeft.io/profile=<name>``; its annotation
+``kubeft.io/allowed-profiles`` lists others (comma-separated) a job may name in ``spec.profile``
+(:func:`choose`). The API server
 enforces the limits at ``kubectl apply`` (the ValidatingAdmissionPolicy kubeft-profile-limits,
 charts/kubeft/files/admission-policies.yaml); the operator fills the defaults into a job before it
 reads it, and checks the limits again (:func:`violations`) before the job starts, since a profile
@@ -21,8 +23,44 @@ from kubeft import contract
 
 KIND: Final = "FineTuneProfile"
 PLURAL: Final = "finetuneprofiles"
-LABEL_PROFILE: Final = f"{contract.GROUP}/profile"  # on a namespace: the name of its profile
+LABEL_PROFILE: Final = f"{contract.GROUP}/profile"  # on a namespace: the name of its default profile
+# on a namespace: other profiles its jobs may name in spec.profile (comma-separated)
+ANNOTATION_ALLOWED: Final = f"{contract.GROUP}/allowed-profiles"
 POLICY: Final = "kubeft-profile-limits"  # the ValidatingAdmissionPolicy; one binding per profile
+
+
+def endpoint_allowed(endpoint: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``endpoint`` is one of ``prefixes`` or under one of them, at a ``/`` boundary.
+
+    ``https://s3.internal`` allows ``https://s3.internal`` and ``https://s3.internal/x``, never
+    ``https://s3.internal.example.com``; the admission policy reads prefixes the same way.
+    """
+    return any(endpoint == p or endpoint.startswith(p if p.endswith("/") else p + "/") for p in prefixes)
+
+
+def allowed_profiles(default: str | None, annotation: str | None) -> tuple[str, ...]:
+    """The profiles a namespace allows: its label's first, then its annotation's (none without a label)."""
+    if not default:
+        return ()
+    others = [p.strip() for p in (annotation or "").split(",") if p.strip()]
+    return (default, *[p for p in others if p != default])
+
+
+def choose(namespace: str, allowed: tuple[str, ...], requested: str | None) -> tuple[str | None, str | None]:
+    """(the profile a job of ``namespace`` gets, None) or (None, why the one it names is refused)."""
+    if not requested:
+        return (allowed[0] if allowed else None), None
+    if requested in allowed:
+        return requested, None
+    if not allowed:
+        return None, (
+            f"spec.profile {requested}: namespace {namespace} has no FineTuneProfile "
+            f"(label {LABEL_PROFILE}), so its jobs cannot choose one"
+        )
+    return None, (
+        f"spec.profile {requested} is not allowed in namespace {namespace}: use {', '.join(allowed)} "
+        f"(label {LABEL_PROFILE}, annotation {ANNOTATION_ALLOWED})"
+    )
 
 
 class _Model(BaseModel):
@@ -41,6 +79,7 @@ class Defaults(_Model):
     ttl_seconds_after_finished: int | None = None
     priority_class_name: str | None = None
     export_formats: tuple[str, ...] = ()
+    hub_endpoint: str | None = None  # the hub (or mirror) for hf:// models of the profile's jobs
 
 
 class Limits(_Model):
@@ -50,8 +89,9 @@ class Limits(_Model):
     max_gpus: int | None = Field(default=None, ge=1)
     max_nodes: int | None = Field(default=None, ge=1)
     max_seq_length: int | None = Field(default=None, ge=1)
-    max_epochs: float | None = Field(default=None, ge=0)
+    max_epochs: float | None = Field(default=None, gt=0)
     storage_endpoint_prefixes: tuple[str, ...] | None = None
+    hub_endpoint_prefixes: tuple[str, ...] | None = None
 
 
 class Profile(_Model):
@@ -60,6 +100,14 @@ class Profile(_Model):
     name: str
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
+    # set by the operator, not read from a profile: why no job may use this one (it does not exist,
+    # or the namespace does not allow it); every job is refused with these words
+    refusal: str | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def refused(cls, name: str, why: str) -> Profile:
+        """A stand-in profile that refuses every job, saying ``why``."""
+        return cls(name=name, refusal=why)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Profile:
@@ -97,8 +145,14 @@ class Profile(_Model):
                 out.setdefault("export", {})["formats"] = formats
         return out
 
-    def violations(self, spec: Mapping[str, Any]) -> list[str]:
-        """What in a job's spec (camelCase, defaults filled) this profile's limits forbid."""
+    def violations(self, spec: Mapping[str, Any], namespace: str = "", default_bucket: str = "") -> list[str]:
+        """What in a job's spec (camelCase, defaults filled) this profile's limits forbid.
+
+        With ``namespace``, also what would read another namespace's prefix of the job's storage
+        bucket (``default_bucket`` when the job and the profile leave it out).
+        """
+        if self.refusal:
+            return [self.refusal]
         lim = self.limits
         out: list[str] = []
         source = str((spec.get("model") or {}).get("source") or "")
@@ -129,9 +183,45 @@ class Profile(_Model):
             out.append(f"spec.hyperparameters.epochs {epochs:g} is above maxEpochs {lim.max_epochs:g}")
         endpoint = (spec.get("storage") or {}).get("endpoint")
         prefixes = lim.storage_endpoint_prefixes
-        if prefixes is not None and endpoint and not any(str(endpoint).startswith(p) for p in prefixes):
+        if prefixes is not None and endpoint and not endpoint_allowed(str(endpoint), prefixes):
             out.append(f"spec.storage.endpoint {endpoint}: use one of {', '.join(prefixes)}")
+        if namespace:
+            out += foreign_reads(spec, namespace, default_bucket)
         return out
+
+    def hub_endpoint(self, operator_default: str) -> str:
+        """The hub the operator reads this profile's hf:// models from."""
+        return self.defaults.hub_endpoint or operator_default
+
+
+def foreign_reads(spec: Mapping[str, Any], namespace: str, default_bucket: str) -> list[str]:
+    """What a job of ``namespace`` would read from another namespace's runs.
+
+    Runs live under ``<bucket>/<namespace>/<job>/<uid>/``: ``resumeFrom`` must be under the job's own
+    namespace (in any bucket), and a model, dataset or eval source in the job's storage bucket too.
+    """
+    out: list[str] = []
+    resume = str(spec.get("resumeFrom") or "")
+    if resume and not resume.removeprefix("s3://").partition("/")[2].startswith(namespace + "/"):
+        out.append(
+            f"spec.resumeFrom {resume}: a job may only resume from checkpoints of its own namespace "
+            f"(s3://<bucket>/{namespace}/...)"
+        )
+    bucket = str((spec.get("storage") or {}).get("bucket") or default_bucket)
+    if bucket:
+        dataset = spec.get("dataset") or {}
+        for field, source in (
+            ("spec.model.source", (spec.get("model") or {}).get("source")),
+            ("spec.dataset.source", dataset.get("source")),
+            ("spec.dataset.eval.source", (dataset.get("eval") or {}).get("source")),
+        ):
+            text = str(source or "")
+            if text.startswith(f"s3://{bucket}/") and not text.startswith(f"s3://{bucket}/{namespace}/"):
+                out.append(
+                    f"{field} {text}: in the storage bucket {bucket} a job may only read under its own "
+                    f"namespace, s3://{bucket}/{namespace}/"
+                )
+    return out
 
 
 def binding(profile_name: str, owner_uid: str) -> dict[str, Any]:
@@ -152,6 +242,10 @@ def binding(profile_name: str, owner_uid: str) -> dict[str, Any]:
             # the profile going away must not lock its jobs (kopf's finalizers): the binding goes too
             "paramRef": {"name": profile_name, "parameterNotFoundAction": "Allow"},
             "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {LABEL_PROFILE: profile_name}}},
+            # every profiled namespace: a job there may name this profile (spec.profile); the policy
+            # checks only the jobs whose profile is this one
+            "matchResources": {
+                "namespaceSelector": {"matchExpressions": [{"key": LABEL_PROFILE, "operator": "Exists"}]}
+            },
         },
     }

@@ -271,6 +271,8 @@ class FineTuneJobSpec(_Model):
     # a checkpoint of an earlier run to start from: s3://<bucket>/<namespace>/<job>/<uid>/ (its newest)
     # or .../checkpoints/step-N/; same base model and method (the trainer checks its manifest)
     resume_from: str | None = Field(default=None, max_length=1024)
+    # the FineTuneProfile of the job, among those its namespace allows; unset: the namespace's default
+    profile: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     # what deleting the FineTuneJob does to its run's checkpoints and artifacts in storage
     cleanup: Cleanup = "Retain"
     # the Kueue LocalQueue of the trainer Job; unset: the namespace's LocalQueue "default", if any

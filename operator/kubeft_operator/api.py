@@ -61,11 +61,13 @@ class FineTuneJob(BaseModel):
         except SpecError as exc:
             raise InvalidSpec(str(exc)) from exc
 
-    def profile_violations(self) -> list[str]:
-        """What the namespace's profile forbids in this job now (the profile may have changed since)."""
+    def profile_violations(self, default_bucket: str = "") -> list[str]:
+        """What the job's profile forbids in this job now (the profile may have changed since),
+        reads from other namespaces' runs included (``default_bucket``: the operator's)."""
         if self.profile is None:
             return []
-        return self.profile.violations(self.spec.model_dump(by_alias=True, mode="json", exclude_none=True))
+        spec = self.spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return self.profile.violations(spec, self.namespace, default_bucket)
 
     @property
     def phase(self) -> str:

@@ -54,6 +54,8 @@ TRAINER_JOB_LOST: Final = "TrainerJobLost"  # the trainer Job was deleted behind
 OOM_KILLED: Final = "OOMKilled"
 PROFILE_VIOLATION: Final = "ProfileViolation"  # the namespace's FineTuneProfile forbids the job (now)
 QUOTA_EXCEEDED: Final = "QuotaExceeded"  # a ResourceQuota refused the trainer pod: the job waits
+SECRET_FORBIDDEN: Final = "SecretForbidden"  # the operator may not read the namespace's Secrets (RBAC)
+ENDPOINT_NOT_ALLOWED: Final = "EndpointNotAllowed"  # storage or hub outside the profile's (operator's) list
 
 # Waiting reasons that need someone to act (a Secret to create, a spec or cluster to change): Stalled.
 # The others (a dataset or claim not there yet, a quota, a retry's backoff) resolve on their own.
@@ -65,10 +67,22 @@ NEEDS_INTERVENTION: Final = frozenset(
         INSUFFICIENT_GPU_MEMORY,
         NO_GPU_NODES,
         PROFILE_VIOLATION,
+        ENDPOINT_NOT_ALLOWED,
+        SECRET_FORBIDDEN,
     }
 )
 
 MAX_MESSAGE: Final = 1024
+
+
+def secret_forbidden(field: str, name: str, namespace: str) -> str:
+    """The message of a Secret the operator's RBAC does not let it read (cluster mode, rbac.secrets
+    onboarded: the namespace was not onboarded)."""
+    return (
+        f"{field} {name!r}: the operator may not read Secrets in namespace {namespace} (forbidden); "
+        f"onboard the namespace: kubeft onboard {namespace} --profile <profile>, or list it in the chart's "
+        "onboardedNamespaces (watchNamespaces in namespaced mode)"
+    )
 
 
 def cap(message: str, limit: int = MAX_MESSAGE) -> str:

@@ -35,7 +35,7 @@ from .workqueue import Backoff, WorkQueue
 
 log = logging.getLogger("kubeft.controller")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-ProfileOf = Callable[[str], "profiles.Profile | None"]
+ProfileOf = Callable[[str, "str | None"], "profiles.Profile | None"]  # (namespace, spec.profile)
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Controller:
     cache: Cache = field(default_factory=Cache)
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
     elector: LeaseElector | None = None
-    profile_of: ProfileOf = lambda namespace: None
+    profile_of: ProfileOf = lambda namespace, requested: None
     backoff: Backoff[Key] = field(init=False)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -110,7 +110,8 @@ class Controller:
                 self.backoff.reset(key)
                 return None
             logger = logging.LoggerAdapter(log, {"job": f"{namespace}/{name}"})
-            decision = reconcile(self.kube, self.settings, body, logger, self.profile_of(namespace))
+            requested = (body.get("spec") or {}).get("profile")
+            decision = reconcile(self.kube, self.settings, body, logger, self.profile_of(namespace, requested))
             return self.requeue_after(key, body, decision)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
@@ -172,9 +173,12 @@ def reconcile(
     observed = kube.observe(job) if job.phase not in contract.TERMINAL_PHASES else Observed()
     inputs = None
     if needs_inputs(job, observed):
-        violations = job.profile_violations()
+        violations = job.profile_violations(settings.default_bucket)
         if violations and job.profile is not None:  # the profile was tightened after the job was made
-            text = f"FineTuneProfile {job.profile.name} forbids this job now: {'; '.join(violations)}"
+            text = (
+                violations[0] if job.profile.refusal
+                else f"FineTuneProfile {job.profile.name} forbids this job now: {'; '.join(violations)}"
+            )  # fmt: skip
             inputs = Inputs(invalid_reason=cond.PROFILE_VIOLATION, invalid_message=text)
         else:
             inputs = kube.inputs(job, settings)

@@ -42,6 +42,11 @@ def problem(core: Any, job: FineTuneJob, shape: est.ModelShape) -> DatasetProble
     try:
         secret = core.read_namespaced_secret(name, job.namespace)
     except ApiException as exc:
+        if exc.status == 403:
+            return DatasetProblem(
+                cond.SECRET_FORBIDDEN,
+                cond.secret_forbidden("export.oci.credentialsSecret", name, job.namespace),
+            )
         if exc.status != 404:
             raise
         return DatasetProblem(

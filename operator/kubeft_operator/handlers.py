@@ -49,9 +49,10 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
     kube = Kube.from_environment(memo.settings)
     controller = Controller(kube=kube, settings=memo.settings)
     kube.cache = controller.cache
-    controller.profile_of = lambda namespace: namespace_profile(
-        namespace, controller.cache.index("namespace_profiles"), controller.cache.index("profile_specs")
-    )
+    controller.profile_of = lambda namespace, requested: namespace_profile(
+        namespace, controller.cache.index("namespace_profiles"), controller.cache.index("profile_specs"),
+        requested,
+    )  # fmt: skip
     s = memo.settings
     if s.leader_election_lease:
         controller.elector = LeaseElector(
@@ -153,10 +154,15 @@ async def workload_changed(namespace: str | None, body: Any, memo: Any, **kwargs
 
 
 @kopf.index("", "v1", "namespaces")
-def namespace_profiles(name: str, labels: Any, **_: Any) -> dict[str, str] | None:
-    """Namespace → the FineTuneProfile its label names (from the watch: no request per tick)."""
-    chosen = labels.get(profiles.LABEL_PROFILE)
-    return {name: chosen} if chosen else None
+def namespace_profiles(
+    name: str, labels: Any, annotations: Any, **_: Any
+) -> dict[str, tuple[str, ...]] | None:
+    """Namespace → the FineTuneProfiles it allows, its label's (the default) first (from the watch:
+    no request per tick)."""
+    allowed = profiles.allowed_profiles(
+        labels.get(profiles.LABEL_PROFILE), annotations.get(profiles.ANNOTATION_ALLOWED)
+    )
+    return {name: allowed} if allowed else None
 
 
 @kopf.index(contract.GROUP, contract.VERSION, profiles.PLURAL)
@@ -174,13 +180,21 @@ def bind_profile(name: str, uid: str, memo: Any, logger: Logger, **_: Any) -> No
     logger.info("admission policy %s bound to profile %s", profiles.POLICY, name)
 
 
-def namespace_profile(namespace: str, namespace_profiles: Any, profile_specs: Any) -> profiles.Profile | None:
-    """The Profile of ``namespace`` from the indexes; None when it has none (or it does not exist)."""
-    for chosen in namespace_profiles.get(namespace, ()):
-        for found in profile_specs.get(chosen, ()):
-            return found  # type: ignore[no-any-return]
-        return profiles.Profile(name=chosen, limits=profiles.Limits(methods=()))  # named but missing
-    return None
+def namespace_profile(
+    namespace: str, namespace_profiles: Any, profile_specs: Any, requested: str | None = None
+) -> profiles.Profile | None:
+    """The Profile of a job of ``namespace`` (naming ``requested`` in spec.profile) from the indexes;
+    None when the namespace has none. A profile that does not exist, or that the namespace does not
+    allow, comes back as one that refuses every job, saying why."""
+    allowed: tuple[str, ...] = next(iter(namespace_profiles.get(namespace, ())), ())
+    chosen, why = profiles.choose(namespace, allowed, requested)
+    if why is not None:
+        return profiles.Profile.refused(requested or "", why)
+    if chosen is None:
+        return None
+    for found in profile_specs.get(chosen, ()):
+        return found  # type: ignore[no-any-return]
+    return profiles.Profile.refused(chosen, f"FineTuneProfile {chosen} does not exist")
 
 
 @kopf.on.delete(
@@ -197,7 +211,9 @@ def clean_up(body: Any, memo: Any, logger: Logger, namespace: str | None, **kwar
     Only such jobs carry the finalizer. Storage away: retried (5 times, then the job is let go,
     with the objects left and a warning, rather than kept undeletable).
     """
-    profile = namespace_profile(namespace or "", kwargs["namespace_profiles"], kwargs["profile_specs"])
+    profile = namespace_profile(
+        namespace or "", kwargs["namespace_profiles"], kwargs["profile_specs"], body["spec"].get("profile")
+    )
     job = FineTuneJob.from_body(body, profile)
     try:
         where, count = memo.kube.delete_run_objects(job, memo.settings)

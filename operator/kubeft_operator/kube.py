@@ -27,7 +27,7 @@ from kubeft import profile as profiles
 from kubeft.kubeapi import create_or_replace
 
 from . import conditions as cond
-from . import exportcheck, metrics, modelconfig, resources
+from . import endpoints, exportcheck, metrics, modelconfig, resources
 from . import placement as pl
 from .api import FineTuneJob
 from .informers import Cache
@@ -233,10 +233,21 @@ class Kube:
     def delete_run_objects(self, job: FineTuneJob, settings: Settings) -> tuple[str, int]:
         """Deletes the job run's checkpoints and artifacts (spec.cleanup: Delete): (where, how many).
 
-        Raises LookupError when the storage Secret is gone (nothing can be deleted without it).
+        Raises LookupError when the storage Secret is gone (nothing can be deleted without it), or
+        the storage endpoint is not one the operator may contact.
         """
+        refused = endpoints.storage_problem(job, settings)
+        if refused:
+            raise LookupError(refused)
         name = job.spec.storage.credentials_secret or ""
-        secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
+        try:
+            secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            raise LookupError(
+                cond.secret_forbidden("storage.credentialsSecret", name, job.namespace)
+            ) from exc
         if secret is None:
             raise LookupError(f"storage.credentialsSecret {name!r} is gone from namespace {job.namespace}")
         creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.data or {}).items()}
@@ -254,13 +265,22 @@ class Kube:
 
     def inputs(self, job: FineTuneJob, settings: Settings) -> Inputs:
         """Credentials check, model shape and GPU classes, for placing a pod."""
+        refused = endpoints.problem(job, settings)  # before anything is fetched from anywhere
+        if refused:
+            return Inputs(invalid_reason=cond.ENDPOINT_NOT_ALLOWED, invalid_message=refused)
         secret_name = job.spec.storage.credentials_secret
         if not secret_name:  # the CRD requires it; an object from before that rule may lack it
             return Inputs(
                 invalid_reason=cond.INVALID_SPEC,
                 invalid_message="spec.storage.credentialsSecret is required (the Secret with the keys)",
             )
-        secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
+        try:
+            secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            text = cond.secret_forbidden("storage.credentialsSecret", secret_name, job.namespace)
+            return Inputs(invalid_reason=cond.SECRET_FORBIDDEN, invalid_message=text)
         if secret is None:
             return Inputs(
                 invalid_reason=cond.SECRET_NOT_FOUND,
@@ -290,7 +310,7 @@ class Kube:
                 job.spec,
                 endpoint=job.spec.storage.endpoint or settings.default_storage_endpoint,
                 credentials=creds,
-                hf_endpoint=settings.hf_endpoint,
+                hf_endpoint=endpoints.hub_endpoint(job, settings),
                 timeout=settings.model_config_timeout_seconds,
             )
         except modelconfig.ModelConfigError as exc:

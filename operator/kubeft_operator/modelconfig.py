@@ -172,7 +172,12 @@ def model_shape(
     if spec.model.architecture is not None:
         return spec.model.architecture.to_shape()
     source = spec.model.source
-    cache_key = (source, endpoint, credentials_key(credentials))
+    # keyed by where it is read from: the hub of an hf:// model (profiles may name a mirror)
+    cache_key = (
+        source,
+        hf_endpoint if source.startswith("hf://") else endpoint,
+        credentials_key(credentials),
+    )
     with _lock:
         hit = _cache.get(cache_key)
         if hit and time.monotonic() - hit[0] < CACHE_SECONDS:

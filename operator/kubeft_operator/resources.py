@@ -209,6 +209,8 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
     ]
     if plan.has_hf_token:
         env.append(from_secret(contract.ENV_HF_TOKEN, contract.SECRET_HF_TOKEN, optional=True))
+    if job.profile is not None and job.profile.defaults.hub_endpoint:  # the trainer uses the same hub
+        env.append(client.V1EnvVar(name=contract.ENV_HF_ENDPOINT, value=job.profile.defaults.hub_endpoint))
     if source_claims(job):
         env.append(client.V1EnvVar(name=contract.ENV_PVC_ROOT, value=contract.PVC_ROOT))
     if plan.world_size > 1:

@@ -59,6 +59,9 @@ class Settings(BaseModel):
     liveness_port: int = Field(default=8081, ge=0, le=65535)  # 0: no /healthz endpoint
     model_config_timeout_seconds: float = Field(default=10.0, gt=0)
     hf_endpoint: str = "https://huggingface.co"
+    # URL prefixes (comma-separated) of every endpoint the operator may contact for a job: storage
+    # and hub; empty: any. Profiles narrow it further (operator/kubeft_operator/endpoints.py).
+    allowed_endpoints: tuple[str, ...] = ()
     trainer_run_as_user: int = 1000
     # extra labels and annotations on trainer pods ("k=v,k2=v2"): cost allocation, a mesh opt-out;
     # the scale benchmark's kubeft.io/simulate=true hands the pods to kwok instead of a runner
@@ -75,7 +78,7 @@ class Settings(BaseModel):
             raw = env.get(PREFIX + name.upper())
             if raw is None:
                 continue
-            if name == "namespaces":
+            if name in ("namespaces", "allowed_endpoints"):
                 values[name] = tuple(n.strip() for n in raw.split(",") if n.strip())
             elif name in ("trainer_pod_labels", "trainer_pod_annotations"):
                 pairs = [p.partition("=") for p in raw.split(",") if p.strip()]

@@ -52,7 +52,7 @@ def test_chart_crds_are_the_crds_directory_files_and_its_policies_the_files_one(
     policies = [d for d in render() if d["kind"].startswith("ValidatingAdmissionPolicy")]
     files = [d for d in yaml.safe_load_all((CHART / "files" / "admission-policies.yaml").read_text()) if d]
     assert policies == files and {d["metadata"]["name"] for d in files} == {
-        "kubeft-profile-limits", "kubeft-storage-required",
+        "kubeft-profile-limits", "kubeft-profile-choice", "kubeft-storage-required",
     }  # fmt: skip
     assert not [d for d in render("admissionPolicies.create=false") if "AdmissionPolicy" in d["kind"]]
 
@@ -91,9 +91,12 @@ def test_values_reach_the_operator() -> None:
 
 def test_cluster_wide_by_default_namespaced_when_watch_list_given() -> None:
     docs = render()
-    (cluster_role,) = by_kind(docs, "ClusterRole")
+    cluster_role, secrets = sorted(by_kind(docs, "ClusterRole"), key=lambda d: d["metadata"]["name"])
     assert any("finetunejobs" in r["resources"] for r in cluster_role["rules"])
-    assert not by_kind(docs, "Role")
+    # Secrets: not cluster-wide; a ClusterRole that only onboarded namespaces bind
+    assert not any("secrets" in r["resources"] for r in cluster_role["rules"])
+    assert [r["resources"] for r in secrets["rules"]] == [["secrets"]]
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
 
     docs = render("watchNamespaces={team-a,team-b}")
     (cluster_role,) = by_kind(docs, "ClusterRole")
@@ -230,3 +233,24 @@ def test_more_than_one_replica_elects_a_leader_through_a_lease() -> None:
     named = [r for r in role["rules"] if r.get("resourceNames")]
     assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                       "resourceNames": [deploy["metadata"]["name"]], "verbs": ["get", "update"]}]  # fmt: skip
+
+
+def test_cluster_mode_reads_secrets_only_in_onboarded_namespaces() -> None:
+    docs = render("onboardedNamespaces={team-a,team-b}")
+    (secrets,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-secrets")]
+    assert secrets["metadata"]["labels"]["kubeft.io/secret-reader"] == "true"
+    (account,) = by_kind(docs, "ServiceAccount")
+    sa = f"{account['metadata']['namespace']}/{account['metadata']['name']}"
+    assert secrets["metadata"]["annotations"]["kubeft.io/service-account"] == sa
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for b in bindings:
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                "name": secrets["metadata"]["name"]}  # fmt: skip
+        assert [f"{s['namespace']}/{s['name']}" for s in b["subjects"]] == [sa]
+    # the old way, every namespace's Secrets, only when asked for
+    docs = render("rbac.secrets=cluster")
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert [r["verbs"] for r in cluster_role["rules"] if "secrets" in r["resources"]] == [["get"]]
+    with pytest.raises(AssertionError, match=r"rbac\.secrets must be onboarded or cluster, not everywhere"):
+        render("rbac.secrets=everywhere")

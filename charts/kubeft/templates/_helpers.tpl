@@ -61,10 +61,6 @@ app.kubernetes.io/component: operator
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]
-# read the storage credentials to fetch the model's config.json for the VRAM estimate
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get]
 # a job waits (ClaimNotFound) until the claims of its pvc:// sources exist
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
@@ -73,4 +69,14 @@ app.kubernetes.io/component: operator
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch, list]
+{{- end -}}
+
+{{- /* Reading Secrets: the storage credentials (config.json of the model, the dataset check,
+spec.cleanup: Delete) and the registry Secret of export.oci. Granted per namespace: in each watched
+namespace, or in cluster mode in each onboarded one (rbac.secrets). */ -}}
+{{- define "kubeft.secretRules" -}}
+# read the storage credentials to fetch the model's config.json for the VRAM estimate
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- end -}}
