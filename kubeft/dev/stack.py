@@ -417,6 +417,16 @@ def _write_kubeconfig() -> None:
     path.chmod(0o600)
 
 
+def _refresh_kwok_config() -> None:
+    """A running stack whose kwok stages are not this checkout's (a new stage): restart kwok."""
+    path = STATE / "kwok.yaml"
+    before = path.read_text() if path.exists() else ""
+    if _write_kwok_config().read_text() != before:
+        log.warning("kwok's stages changed since it started: restarting it")
+        stop_component("kwok")
+        start_component("kwok")
+
+
 def _write_kwok_config() -> Path:
     """kwok's stages: its defaults, with trainer pods left to the local pod runner.
 
@@ -844,6 +854,7 @@ def up() -> StackInfo:
     if is_running():
         log.info("local stack already running (%s)", STATE)
         _restart_stale_podrunner()
+        _refresh_kwok_config()
         _refresh_prometheus_config()
         return info()
     if _start_addons(info()):

@@ -111,7 +111,9 @@ class Controller:
                 return None
             logger = logging.LoggerAdapter(log, {"job": f"{namespace}/{name}"})
             requested = (body.get("spec") or {}).get("profile")
-            decision = reconcile(self.kube, self.settings, body, logger, self.profile_of(namespace, requested))
+            decision = reconcile(
+                self.kube, self.settings, body, logger, self.profile_of(namespace, requested)
+            )
             return self.requeue_after(key, body, decision)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
@@ -133,6 +135,8 @@ class Controller:
             return max(1.0, (done + dt.timedelta(seconds=int(ttl)) - utcnow()).total_seconds() + 1)
         if decision is None or phase in ("", "Pending"):
             return self.backoff.next(key)  # waits on something no watch reports: look again later
+        if phase == "Scheduling" and decision.status.get("pod", status.get("pod")) is None:
+            return self.backoff.next(key)  # a Job without a pod yet: a ResourceQuota may refuse it
         self.backoff.reset(key)
         return self.settings.resync_seconds or None
 

@@ -45,6 +45,10 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
         prefix=contract.GROUP, key="last-handled-configuration"
     )
     settings.posting.enabled = False  # events are few and written by the reconcile, not log lines
+    # "Handler ... succeeded" for every watch event of every job, pod and Job says nothing
+    # (failures are still logged, at ERROR); the reconcile logs what it does itself
+    if logging.getLogger("kopf").getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     memo.settings = Settings.from_env()
     kube = Kube.from_environment(memo.settings)
     controller = Controller(kube=kube, settings=memo.settings)
@@ -91,8 +95,8 @@ def _enqueue(memo: Any, key: Key | None, kwargs: dict[str, Any]) -> None:
 # --- the caches: kopf runs no handler before each is filled from its initial listing ---
 @kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL)  # type: ignore[arg-type]  # async: runs on the loop
 async def ftj_bodies(namespace: str, name: str, body: Any, **_: Any) -> dict[Key, dict[str, Any]]:
-    """(namespace, name) → the FineTuneJob as last watched."""
-    return {(namespace, name): dict(body)}
+    """(namespace, name) → the FineTuneJob as last watched (without managedFields: memory)."""
+    return {(namespace, name): informers.job_entry(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels={contract.LABEL_MANAGED_BY: contract.MANAGED_BY})  # type: ignore[arg-type]  # async: runs on the loop
@@ -123,6 +127,12 @@ async def gpu_node_index(name: str, body: Any, **_: Any) -> Any:
 async def gpus_in_use(body: Any, **_: Any) -> Any:
     """Node → GPUs that bound, running pods ask for (placement without Kueue prefers free GPUs)."""
     return informers.gpus_in_use_entry(body)
+
+
+@kopf.index(contract.KUEUE_GROUP, contract.KUEUE_VERSION, "localqueues")  # type: ignore[arg-type]  # async
+async def local_queue_index(namespace: str, name: str, **_: Any) -> Any:
+    """(namespace, name) of every Kueue LocalQueue (a job without spec.queueName goes to `default`)."""
+    return {(namespace, name): True}
 
 
 # --- changes that put a job on the work queue ----------------------------------------

@@ -34,7 +34,8 @@ TRAINER_PODS = "trainer_pods"
 WORKLOADS = "trainer_workloads"
 NODES = "gpu_node_index"
 GPUS_IN_USE = "gpus_in_use"
-INDEXES = (JOBS, TRAINER_JOBS, TRAINER_PODS, WORKLOADS, NODES, GPUS_IN_USE)
+LOCAL_QUEUES = "local_queue_index"
+INDEXES = (JOBS, TRAINER_JOBS, TRAINER_PODS, WORKLOADS, NODES, GPUS_IN_USE, LOCAL_QUEUES)
 
 _DESERIALIZER = client.ApiClient()
 
@@ -97,18 +98,18 @@ class Cache:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         with self._lock:
-            self._written[key] = dict(body)
+            self._written[key] = job_entry(body)
 
     # --- a job's world -------------------------------------------------------------
     def observe(self, job: FineTuneJob) -> Observed:
         """The trainer Job, its pods and its Kueue Workload, as the watches last saw them."""
-        from .kube import trainer_job_state  # kube imports this module
+        from .kube import owned_by  # kube imports this module
 
         key = (job.namespace, job.name)
-        body = _first(self.index(TRAINER_JOBS).get(key)) if key in self.index(TRAINER_JOBS) else None
-        if body is None:
+        found = _first(self.index(TRAINER_JOBS).get(key)) if key in self.index(TRAINER_JOBS) else None
+        if found is None:
             return Observed()
-        trainer = trainer_job_state(body, job)
+        trainer = owned_by(found, job)
         pods: dict[str, PodState] = {}
         if key in self.index(TRAINER_PODS):
             for job_uid, pod in list(self.index(TRAINER_PODS)[key]):
@@ -119,6 +120,10 @@ class Cache:
             wkey = (job.namespace, trainer.uid)
             workload = _first(self.index(WORKLOADS).get(wkey)) if wkey in self.index(WORKLOADS) else None
         return Observed(trainer=trainer, pods=pods, workload=workload)
+
+    def has_local_queue(self, namespace: str, name: str) -> bool:
+        """Whether Kueue's LocalQueue ``namespace/name`` exists (False without Kueue)."""
+        return (namespace, name) in self.index(LOCAL_QUEUES)
 
     def gpu_nodes(self, with_usage: bool) -> list[pl.GpuNode]:
         """Ready GPU nodes; their free GPUs count the bound pods' requests when ``with_usage``."""
@@ -131,10 +136,21 @@ class Cache:
 
 
 # --- what the index functions keep of each object --------------------------------------
+def job_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A FineTuneJob's body as kept: everything but ``metadata.managedFields`` (often its biggest part)."""
+    out = dict(body)
+    meta = dict(out.get("metadata") or {})
+    meta.pop("managedFields", None)
+    out["metadata"] = meta
+    return out
+
+
 def trainer_job_entry(namespace: str, labels: Mapping[str, str], body: Mapping[str, Any]) -> Any:
-    """{(namespace, FineTuneJob): V1Job} for a Job the operator made (labelled with its job)."""
+    """{(namespace, FineTuneJob): TrainerJob} for a Job the operator made (labelled with its job)."""
+    from .kube import trainer_job_state
+
     owner = labels.get(contract.LABEL_JOB)
-    return {(namespace, owner): to_model(body, "V1Job")} if owner else None
+    return {(namespace, owner): trainer_job_state(to_model(body, "V1Job"))} if owner else None
 
 
 def trainer_pod_entry(namespace: str, labels: Mapping[str, str], body: Mapping[str, Any]) -> Any:

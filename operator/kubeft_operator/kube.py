@@ -14,8 +14,9 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -76,14 +77,12 @@ class RateLimitedApiClient(client.ApiClient):  # type: ignore[misc]
         super().__init__(configuration)
         self.bucket = bucket
 
-    def call_api(
-        self, resource_path: str, method: str, path_params: Any = None, *args: Any, **kwargs: Any
-    ) -> Any:
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         self.bucket.acquire()
-        verb, resource = request_kind(resource_path, method, path_params or {})
+        verb, resource = request_kind(method, url)
         metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
         try:
-            return super().call_api(resource_path, method, path_params, *args, **kwargs)
+            return super().call_api(method, url, *args, **kwargs)
         except ApiException as exc:
             metrics.API_ERRORS.labels(verb=verb, resource=resource, code=str(exc.status)).inc()
             raise
@@ -92,17 +91,16 @@ class RateLimitedApiClient(client.ApiClient):  # type: ignore[misc]
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
-def request_kind(resource_path: str, method: str, path_params: Mapping[str, Any]) -> tuple[str, str]:
+def request_kind(method: str, url: str) -> tuple[str, str]:
     """(verb, resource[/subresource]) of a request, as the API server's request metrics name them:
     ``("list", "pods")``, ``("patch", "finetunejobs/status")``."""
-    segs = [s for s in resource_path.split("/") if s]
+    segs = [s for s in urllib.parse.urlsplit(url).path.split("/") if s]
     start = 2 if segs[:1] == ["api"] else 3
-    ns = segs.index("namespaces") if "namespaces" in segs else -1
-    if 0 <= ns < len(segs) - 1 and segs[ns + 1] == "{namespace}":
-        start = ns + 2
-    rest = [str(path_params.get(s[1:-1], s)) if s.startswith("{") else s for s in segs[start:]]
+    if len(segs) > start + 2 and segs[start] == "namespaces":
+        start += 2  # /namespaces/<ns>/<resource>...; /namespaces/<ns> alone is the namespace itself
+    rest = segs[start:]
     if not rest:
-        return method.lower(), "namespaces" if "namespaces" in segs else ""
+        return method.lower(), ""
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
     named = len(rest) > 1
     verb = ("get" if named else "list") if method == "GET" else _VERBS.get(method, method.lower())
@@ -169,6 +167,8 @@ class Kube:
         trainer, pods = observed.trainer, observed.pods
         if (
             trainer is not None
+            and trainer.started  # the Job controller has tried to make its pod...
+            and not trainer.active  # ...and counts none
             and not trainer.suspended
             and not any(not p.terminated for p in pods.values())
             and not (trainer.complete or trainer.failure)
@@ -219,6 +219,9 @@ class Kube:
             return job.spec.queue_name
         if not settings.default_queue_name:
             return None
+        if self.cache is not None:
+            found = self.cache.has_local_queue(job.namespace, settings.default_queue_name)
+            return settings.default_queue_name if found else None
         try:
             self.custom.get_namespaced_custom_object(
                 contract.KUEUE_GROUP, contract.KUEUE_VERSION, job.namespace, "localqueues",
@@ -503,20 +506,16 @@ def _create(call: Any) -> bool:
         raise
 
 
-def _owned_by(obj: Any, job: FineTuneJob) -> bool:
-    refs = obj.metadata.owner_references or []
-    return not job.uid or any(r.uid == job.uid and r.controller for r in refs)
-
-
-def trainer_job_state(body: client.V1Job, job: FineTuneJob) -> TrainerJob:
-    """The parts of the trainer Job the lifecycle looks at."""
+def trainer_job_state(body: client.V1Job, job: FineTuneJob | None = None) -> TrainerJob:
+    """The parts of the trainer Job the lifecycle looks at (``owned`` by ``job``, when given)."""
     spec = body.spec or client.V1JobSpec(template=client.V1PodTemplateSpec())
     status = body.status or client.V1JobStatus()
     conditions = {c.type: c for c in status.conditions or [] if c.status == "True"}
     failed = conditions.get("Failed")
     template = spec.template.spec if spec.template else None
     selector = (template.node_selector or {}) if template else {}
-    return TrainerJob(
+    owner = next((r.uid for r in body.metadata.owner_references or [] if r.controller), "")
+    trainer = TrainerJob(
         name=body.metadata.name,
         uid=body.metadata.uid or "",
         suspended=bool(spec.suspend),
@@ -526,8 +525,17 @@ def trainer_job_state(body: client.V1Job, job: FineTuneJob) -> TrainerJob:
         failure=(failed.reason or "Failed", failed.message or "") if failed is not None else None,
         gpu_product=selector.get(contract.LABEL_GPU_PRODUCT),
         deleting=body.metadata.deletion_timestamp is not None,
-        owned=_owned_by(body, job),
+        owner_uid=owner,
+        started=status.start_time is not None,
+        active=status.active or 0,
+        created=iso(body.metadata.creation_timestamp) if body.metadata.creation_timestamp else "",
     )
+    return owned_by(trainer, job) if job is not None else trainer
+
+
+def owned_by(trainer: TrainerJob, job: FineTuneJob) -> TrainerJob:
+    """``trainer`` with ``owned`` said for ``job`` (a job not created yet owns what it finds)."""
+    return replace(trainer, owned=not job.uid or trainer.owner_uid == job.uid)
 
 
 def workload_state(body: dict[str, Any]) -> WorkloadState:

@@ -88,6 +88,10 @@ class TrainerJob:
     create_error: str | None = None  # the Job controller's latest FailedCreate message
     deleting: bool = False
     owned: bool = True  # controlled by this FineTuneJob (not a leftover of an earlier one of that name)
+    owner_uid: str = ""  # the uid of the FineTuneJob that controls it
+    started: bool = False  # the Job controller has started it (status.startTime)
+    active: int = 0  # pods it counts as active
+    created: str = ""  # creationTimestamp (RFC 3339)
 
 
 @dataclass(frozen=True)

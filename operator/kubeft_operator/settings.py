@@ -45,7 +45,7 @@ class Settings(BaseModel):
     leader_election_lease_seconds: float = Field(default=10.0, ge=2)
     leader_election_retry_seconds: float = Field(default=2.0, gt=0)
     # worker threads reconciling jobs (a job is never reconciled by two at once)
-    workers: int = Field(default=4, ge=1, le=64)
+    workers: int = Field(default=8, ge=1, le=64)
     # a job waiting for something no watch reports (a Secret, a dataset upload, room for it) is
     # looked at again after reconcile_interval_seconds, doubling up to retry_max_seconds
     retry_max_seconds: float = Field(default=60.0, gt=0)
@@ -53,8 +53,8 @@ class Settings(BaseModel):
     # request); 0 never
     resync_seconds: float = Field(default=300.0, ge=0)
     # client-side limit on the operator's own API requests (kopf's watches are not counted)
-    api_qps: float = Field(default=20.0, gt=0)
-    api_burst: int = Field(default=40, ge=1)
+    api_qps: float = Field(default=50.0, gt=0)
+    api_burst: int = Field(default=200, ge=1)
     metrics_port: int = Field(default=8080, ge=0, le=65535)  # 0: no /metrics server
     liveness_port: int = Field(default=8081, ge=0, le=65535)  # 0: no /healthz endpoint
     model_config_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -26,7 +26,7 @@ ADDS = Counter("kubeft_operator_workqueue_adds_total", "Keys put on the work que
 WAIT_SECONDS = Histogram(
     "kubeft_operator_workqueue_wait_seconds",
     "Time a key waited in the queue before a worker took it.",
-    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
 

@@ -54,7 +54,7 @@ app.kubernetes.io/component: operator
 # is how a queued job is suspended and resumed)
 - apiGroups: [kueue.x-k8s.io]
   resources: [localqueues]
-  verbs: [get]
+  verbs: [get, list, watch]
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
   verbs: [get, list, watch, patch]
