@@ -51,6 +51,13 @@ class Settings(BaseModel):
     hf_endpoint: str = "https://huggingface.co"
     trainer_run_as_user: int = 1000
     workdir: str = "/var/lib/kubeft"
+    # Secrets (in each job's namespace) the trainer pods pull their image with
+    trainer_image_pull_secrets: tuple[str, ...] = ()
+    # the trainer pod's /tmp and cache (HF_HOME, XDG_CACHE_HOME, triton, inductor) emptyDirs
+    trainer_tmp_bytes: int = Field(default=2**30, ge=64 * 2**20)
+    trainer_cache_bytes: int = Field(default=2 * 2**30, ge=64 * 2**20)
+    # lifetime of the trainer's projected ServiceAccount token (the kubelet renews it at 80%)
+    trainer_token_expiration_seconds: int = Field(default=3600, ge=600)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,7 +68,7 @@ class Settings(BaseModel):
             raw = env.get(PREFIX + name.upper())
             if raw is None:
                 continue
-            if name == "namespaces":
+            if name in ("namespaces", "trainer_image_pull_secrets"):
                 values[name] = tuple(n.strip() for n in raw.split(",") if n.strip())
             elif name == "trainer_command":
                 values[name] = tuple(shlex.split(raw))
