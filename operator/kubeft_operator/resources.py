@@ -205,7 +205,7 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
         client.V1EnvVar(name=contract.ENV_JOB_NAMESPACE, value=job.namespace),
         client.V1EnvVar(name=contract.ENV_METRICS_PORT, value=str(contract.METRICS_PORT)),
         client.V1EnvVar(name=contract.ENV_WORKDIR, value=plan.settings.workdir),
-        *_writable_env(),
+        *writable_env(),
         client.V1EnvVar(name=contract.ENV_HF_ENDPOINT, value=plan.settings.hf_endpoint),
         from_secret(contract.ENV_S3_ACCESS_KEY, contract.SECRET_ACCESS_KEY),
         from_secret(contract.ENV_S3_SECRET_KEY, contract.SECRET_SECRET_KEY),
@@ -228,7 +228,7 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
     return env + exportcheck.oci_env(job)
 
 
-def _writable_env() -> list[client.V1EnvVar]:
+def writable_env() -> list[client.V1EnvVar]:
     """Every place the trainer and its libraries write by default, pointed at the pod's emptyDirs
     (the root filesystem is read-only): home and temporary files in TMP_DIR, caches in CACHE_DIR."""
     cache = contract.CACHE_DIR
