@@ -203,7 +203,7 @@ class PodRunner:
             cmd = [exe, *argv[1:]]
             sc = container.security_context
             if sc is not None and sc.read_only_root_filesystem and self.readonly_root:
-                cmd = self._read_only_root(pod, container, workdir, mounts, env, cmd)
+                cmd = self._read_only_root(pod, container, mounts, env, cmd)
         except _NotYet as exc:
             log.info("pod %s/%s waits: %s", ns, name, exc)
             return
@@ -302,7 +302,6 @@ class PodRunner:
         self,
         pod: Any,
         container: Any,
-        workdir: Path,
         mounts: dict[str, Path],
         env: dict[str, str],
         cmd: list[str],
@@ -322,7 +321,7 @@ class PodRunner:
         log_file.touch()
         writable.append(str(log_file))
         args = [arg for w in writable for arg in ("--writable", w)]
-        return [*_unshare_argv(), sys.executable, str(ROOTFS), *args, "--", *cmd]  # fmt: skip
+        return [*_unshare_argv(), sys.executable, str(ROOTFS), *args, "--", *cmd]
 
     def _claim_dir(self, pod: Any, claim: str) -> Path:
         """The directory of the hostPath/local PersistentVolume a claim is bound to."""
