@@ -334,3 +334,16 @@ def test_the_hub_is_reachable_only_when_allowed_and_its_endpoint_reaches_operato
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("KUBEFT_") and v is not None})
     assert settings.trainer_image_pull_secrets == ("mirror-pull",)
     assert settings.hf_endpoint == "https://hf-mirror.internal"
+
+
+@pytest.mark.stack
+def test_the_rendered_network_policy_is_accepted_by_the_api_server(api_client: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    net = client.NetworkingV1Api(api_client)
+    sets = [s for s in NETPOL if not s.startswith("networkPolicy.namespaces")]
+    docs = render(*sets, f"networkPolicy.namespaces={{{namespace}}}", "networkPolicy.hub.allowed=true")
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    net.create_namespaced_network_policy(namespace, policy)
+    stored = net.read_namespaced_network_policy(policy["metadata"]["name"], namespace)
+    assert stored.spec.ingress[1].ports[0].end_port == 9407 and len(stored.spec.egress) == 5
