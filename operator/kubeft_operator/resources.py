@@ -239,6 +239,7 @@ def writable_env() -> list[client.V1EnvVar]:
         "HF_HOME": f"{cache}/huggingface",  # hub metadata, datasets' and transformers' module caches
         "TRITON_CACHE_DIR": f"{cache}/triton",
         "TORCHINDUCTOR_CACHE_DIR": f"{cache}/torchinductor",
+        "CUDA_CACHE_PATH": f"{cache}/nv",  # the driver's JIT-compiled kernels (else $HOME/.nv)
         # a one-shot download gains nothing from hf_xet's chunk cache (up to 10 GB in HF_HOME)
         "HF_XET_CHUNK_CACHE_SIZE_BYTES": "0",
         "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ next to the image's read-only modules

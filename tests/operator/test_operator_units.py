@@ -308,7 +308,7 @@ def test_the_trainer_pod_writes_only_to_size_limited_empty_dirs_under_a_read_onl
     # every place the trainer and its libraries write by default is inside one of them
     env = {e.name: e.value for e in c.env}
     for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "HF_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
-                 contract.ENV_WORKDIR):  # fmt: skip
+                 "CUDA_CACHE_PATH", contract.ENV_WORKDIR):  # fmt: skip
         assert any(env[name] == m or env[name].startswith(m + "/") for m in writable), name
     # QLoRA of a 1B model exporting its adapter: the 2.5 GB model download, two 68 MB checkpoints and
     # the adapter, plus 10% and 2 GiB of headroom → 5 GiB; /tmp 1 GiB and the caches 2 GiB besides
