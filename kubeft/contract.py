@@ -82,6 +82,12 @@ METRICS_PORT_NAME: Final = "metrics"
 TERMINATION_LOG: Final = "/dev/termination-log"
 # pvc://<claim>/<path> sources: each claim is mounted read-only at PVC_ROOT/<claim>
 PVC_ROOT: Final = "/mnt/kubeft/pvc"
+# The root filesystem is read-only: the trainer writes only to its emptyDirs, the work directory
+# (KUBEFT_WORKDIR), TMP_DIR (HOME and TMPDIR) and CACHE_DIR (HF_HOME, XDG_CACHE_HOME, kernel caches).
+TMP_DIR: Final = "/tmp"
+CACHE_DIR: Final = "/var/cache/kubeft"
+# the ServiceAccount token, projected for the status patch only (where client libraries look for it)
+SA_TOKEN_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # Environment variables the operator sets on the trainer container.
 ENV_JOB_CONFIG: Final = "KUBEFT_JOB_CONFIG"  # path to job.json
@@ -94,7 +100,8 @@ ENV_PVC_ROOT: Final = "KUBEFT_PVC_ROOT"  # where the claims of pvc:// sources ar
 ENV_S3_ACCESS_KEY: Final = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY: Final = "AWS_SECRET_ACCESS_KEY"
 ENV_HF_TOKEN: Final = "HF_TOKEN"
-ENV_HF_ENDPOINT: Final = "HF_ENDPOINT"  # the profile's hub (defaults.hubEndpoint), for huggingface_hub
+# the hub or a mirror of it (a profile's defaults.hubEndpoint, else the operator's)
+ENV_HF_ENDPOINT: Final = "HF_ENDPOINT"
 # more than one GPU: the trainer runs under torchrun, one process per GPU, a c10d rendezvous on the
 # pod of index 0 (its node rank is the Indexed Job's JOB_COMPLETION_INDEX)
 ENV_NNODES: Final = "KUBEFT_NNODES"

@@ -25,16 +25,22 @@ class NodeSpec:
     gpu_count: int = 0
     cpu: str = "32"
     memory: str = "256Gi"
+    # local disk for emptyDirs (the trainer pod requests what its checkpoints and exports need)
+    ephemeral_storage: str = "1Ti"
     gfd: bool = True  # GPU Feature Discovery labels; False: only `labels` name the GPU (GKE, EKS)
     labels: tuple[tuple[str, str], ...] = ()
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("gpu-l4-0", "NVIDIA-L4", 23034, 1, cpu="16", memory="64Gi"),
-    NodeSpec("gpu-l4-1", "NVIDIA-L4", 23034, 1, cpu="16", memory="64Gi"),
-    NodeSpec("gpu-a100-0", "NVIDIA-A100-SXM4-40GB", 40960, 4, cpu="96", memory="1Ti"),
-    NodeSpec("gpu-h100-0", "NVIDIA-H100-80GB-HBM3", 81559, 8, cpu="192", memory="2Ti"),
-    NodeSpec("cpu-0", None, cpu="16", memory="64Gi"),
+    NodeSpec("gpu-l4-0", "NVIDIA-L4", 23034, 1, cpu="16", memory="64Gi", ephemeral_storage="500Gi"),
+    NodeSpec("gpu-l4-1", "NVIDIA-L4", 23034, 1, cpu="16", memory="64Gi", ephemeral_storage="500Gi"),
+    NodeSpec(
+        "gpu-a100-0", "NVIDIA-A100-SXM4-40GB", 40960, 4, cpu="96", memory="1Ti", ephemeral_storage="4Ti"
+    ),
+    NodeSpec(
+        "gpu-h100-0", "NVIDIA-H100-80GB-HBM3", 81559, 8, cpu="192", memory="2Ti", ephemeral_storage="8Ti"
+    ),
+    NodeSpec("cpu-0", None, cpu="16", memory="64Gi", ephemeral_storage="200Gi"),
 )
 
 
@@ -46,7 +52,12 @@ def node_manifest(spec: NodeSpec) -> dict[str, Any]:
         "type": "kwok",
         KWOK_NODE_LABEL: "true",
     }
-    capacity: dict[str, str] = {"cpu": spec.cpu, "memory": spec.memory, "pods": "110"}
+    capacity: dict[str, str] = {
+        "cpu": spec.cpu,
+        "memory": spec.memory,
+        "ephemeral-storage": spec.ephemeral_storage,
+        "pods": "110",
+    }
     taints: list[dict[str, str]] = []
     labels.update(dict(spec.labels))
     if spec.gpu_product and spec.gfd:

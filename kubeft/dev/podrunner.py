@@ -7,14 +7,20 @@ as a local process, the way a kubelet would:
 
 - env: literal values, secretKeyRef / configMapKeyRef (optional honoured), fieldRef
   (metadata.name/namespace/uid, spec.nodeName, spec.serviceAccountName, status.podIP);
-- volumes: configMap, secret and emptyDir volumes are materialised under the pod's
-  directory; a persistentVolumeClaim is the directory of the hostPath or local
-  PersistentVolume it is bound to (read-only is not enforced); the pod's mounts are mirrored
+- volumes: configMap, secret, emptyDir and projected (serviceAccountToken, configMap, secret,
+  downwardAPI fields) volumes are materialised under the pod's directory; a persistentVolumeClaim
+  is the directory of the hostPath or local PersistentVolume it is bound to (read-only is only
+  enforced under a read-only root filesystem, below); the pod's mounts are mirrored
   under its directory, and env values that point into a mount path, or into a directory
   that holds mounts, are rewritten to that mirror;
 - the pod's ServiceAccount: a bound token from the TokenRequest API, handed over as a
   kubeconfig (KUBECONFIG), so the process talks to the API server with exactly the
-  RBAC rights the pod would have;
+  RBAC rights the pod would have; only when the pod has a token (automountServiceAccountToken not
+  false, or a projected serviceAccountToken the container mounts, whose expiry it then has; the
+  runner does not renew it);
+- ``readOnlyRootFilesystem: true``: the process runs in its own mount namespace whose every mount
+  is read-only except the pod's writable volumes (emptyDir, claims not mounted read-only) and its
+  termination log (``rootfs.py``); where ``unshare`` cannot make one, it runs as before (logged);
 - ports: each container port gets a free local port (named ports are exported as
   KUBEFT_<NAME>_PORT, the metrics port as KUBEFT_METRICS_PORT, and the container port numbers in
   KUBEFT_METRICS_PORTS become theirs), and the metrics ports (``metrics``, ``metrics-N``)
@@ -63,6 +69,22 @@ RUN_COMPONENTS = (contract.COMPONENT_TRAINER, contract.COMPONENT_OPERATOR)
 SELECTOR = f"{contract.LABEL_COMPONENT} in ({','.join(RUN_COMPONENTS)}),!{contract.LABEL_SIMULATE}"
 PASS_ENV = ("LANG", "LC_ALL", "TMPDIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "TZ")
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+ROOTFS = Path(__file__).with_name("rootfs.py")  # started by path: it imports nothing of kubeft
+DEFAULT_TOKEN_SECONDS = 24 * 3600  # the automounted token (a kubelet's is renewed; this one is not)
+
+
+def _unshare_argv() -> list[str]:
+    """``unshare`` for a private mount namespace (a user namespace too when not root)."""
+    argv = ["unshare", "--mount", "--propagation", "private"]
+    return argv if os.geteuid() == 0 else [*argv, "--map-root-user"]
+
+
+def readonly_root_supported() -> bool:
+    """Whether this machine lets the runner make a pod's root filesystem read-only (rootfs.py)."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = [*_unshare_argv(), "mount", "-o", "remount,bind,ro", "/"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
 _SVC_NAME = re.compile(
@@ -121,6 +143,9 @@ class PodRunner:
         self.done: set[str] = set()
         self.endpoints: dict[str, dict[int, int]] = {}  # pod DNS name → container port → local port
         self.lock = threading.Lock()
+        self.readonly_root = readonly_root_supported()
+        if not self.readonly_root:
+            log.warning("unshare cannot make a mount namespace here: readOnlyRootFilesystem is not enforced")
 
     # --- main loop ---------------------------------------------------------
     def loop(self, interval: float = 0.5) -> None:
@@ -176,6 +201,10 @@ class PodRunner:
             exe = shutil.which(argv[0], path=env["PATH"])
             if exe is None:
                 raise RuntimeError(f"executable {argv[0]!r} not found on PATH {env['PATH']}")
+            cmd = [exe, *argv[1:]]
+            sc = container.security_context
+            if sc is not None and sc.read_only_root_filesystem and self.readonly_root:
+                cmd = self._read_only_root(pod, container, mounts, env, cmd)
         except _NotYet as exc:
             log.info("pod %s/%s waits: %s", ns, name, exc)
             return
@@ -186,7 +215,7 @@ class PodRunner:
             return
         logfile = open(workdir / "container.log", "ab")  # noqa: SIM115 (handed to the child)
         proc = subprocess.Popen(
-            [exe, *argv[1:]],
+            cmd,
             env=env,
             cwd=workdir,
             stdout=logfile,
@@ -227,12 +256,73 @@ class PodRunner:
             elif vol.secret is not None:
                 data = self._secret(pod, vol.secret.secret_name, vol.secret.optional)
                 self._write_items(local, data, vol.secret.items)
+            elif vol.projected is not None:
+                self._write_projected(pod, local, vol.projected)
             sources[vol.name] = local
         mounts: dict[str, Path] = {}
         for m in container.volume_mounts or []:
             if m.name in sources:
                 mounts[m.mount_path.rstrip("/")] = sources[m.name] / (m.sub_path or "")
         return mounts
+
+    def _write_projected(self, pod: Any, local: Path, projected: Any) -> None:
+        """A projected volume's files: a ServiceAccount token, ConfigMap/Secret items, pod fields."""
+        for src in projected.sources or []:
+            if src.service_account_token is not None:
+                t = src.service_account_token
+                token = self._token(pod, [t.audience] if t.audience else [], t.expiration_seconds or 3600)
+                self._write_items(local, {t.path: token.encode()}, None)
+            elif src.config_map is not None:
+                data = self._config_map(pod, src.config_map.name, src.config_map.optional)
+                self._write_items(local, data, src.config_map.items)
+            elif src.secret is not None:
+                data = self._secret(pod, src.secret.name, src.secret.optional)
+                self._write_items(local, data, src.secret.items)
+            elif src.downward_api is not None:
+                for item in src.downward_api.items or []:
+                    if item.field_ref is not None:
+                        value = self._field(pod, item.field_ref.field_path).encode()
+                        self._write_items(local, {item.path: value}, None)
+
+    @staticmethod
+    def _api_token(pod: Any, container: Any) -> tuple[list[str], int] | None:
+        """(audiences, lifetime) of the API token the container has; None when it has none."""
+        mounted = {m.name for m in container.volume_mounts or []}
+        for vol in pod.spec.volumes or []:
+            if vol.projected is None or vol.name not in mounted:
+                continue
+            for src in vol.projected.sources or []:
+                t = src.service_account_token
+                if t is not None and not t.audience:  # for the API server (its default audience)
+                    return [], t.expiration_seconds or 3600
+        if pod.spec.automount_service_account_token is False:
+            return None
+        return [], DEFAULT_TOKEN_SECONDS
+
+    def _read_only_root(
+        self,
+        pod: Any,
+        container: Any,
+        mounts: dict[str, Path],
+        env: dict[str, str],
+        cmd: list[str],
+    ) -> list[str]:
+        """``cmd`` run by rootfs.py in a mount namespace: writable are the emptyDir volumes, the claims
+        not mounted read-only and the termination log; every other path is read-only."""
+        kinds = {v.name: v for v in pod.spec.volumes or []}
+        writable = []
+        for m in container.volume_mounts or []:
+            vol = kinds.get(m.name)
+            if vol is None or m.read_only or m.mount_path.rstrip("/") not in mounts:
+                continue
+            claim = vol.persistent_volume_claim
+            if vol.empty_dir is not None or (claim is not None and not claim.read_only):
+                writable.append(str(mounts[m.mount_path.rstrip("/")]))
+        log_file = Path(env[contract.ENV_TERMINATION_LOG])
+        log_file.touch()
+        writable.append(str(log_file))
+        args = [arg for w in writable for arg in ("--writable", w)]
+        return [*_unshare_argv(), sys.executable, str(ROOTFS), *args, "--", *cmd]
 
     def _claim_dir(self, pod: Any, claim: str) -> Path:
         """The directory of the hostPath/local PersistentVolume a claim is bound to."""
@@ -352,8 +442,10 @@ class PodRunner:
                 for m in mounts
             ):
                 env[key] = str(root) + value
-        # the pod's own identity: a bound ServiceAccount token in a kubeconfig
-        env["KUBECONFIG"] = str(self._kubeconfig(pod, workdir))
+        # the pod's own identity: a bound ServiceAccount token in a kubeconfig, if the pod has one
+        token = self._api_token(pod, container)
+        if token is not None:
+            env["KUBECONFIG"] = str(self._kubeconfig(pod, workdir, *token))
         env[contract.ENV_TERMINATION_LOG] = str(workdir / "termination-log")
         # ports: every container port gets a free local one
         targets = []
@@ -399,22 +491,27 @@ class PodRunner:
             return str((pod.metadata.labels or {}).get(path.split("'")[1], ""))
         return str(values.get(path, ""))
 
-    def _kubeconfig(self, pod: Any, workdir: Path) -> Path:
+    def _token(self, pod: Any, audiences: list[str], seconds: int) -> str:
+        """A token of the pod's ServiceAccount bound to the pod (TokenRequest, as a kubelet asks)."""
         from kubernetes import client
 
         sa = pod.spec.service_account_name or "default"
         req = client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(
-                audiences=[],
-                expiration_seconds=24 * 3600,
+                audiences=audiences,
+                expiration_seconds=seconds,
                 bound_object_ref=client.V1BoundObjectReference(
                     kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
                 ),
             )
         )
-        token = self.core.create_namespaced_service_account_token(
-            sa, pod.metadata.namespace, req
-        ).status.token
+        return str(
+            self.core.create_namespaced_service_account_token(sa, pod.metadata.namespace, req).status.token
+        )
+
+    def _kubeconfig(self, pod: Any, workdir: Path, audiences: list[str], seconds: int) -> Path:
+        sa = pod.spec.service_account_name or "default"
+        token = self._token(pod, audiences, seconds)
         ca = base64.b64encode(self.ca_file.read_bytes()).decode()
         cfg = {
             "apiVersion": "v1",

@@ -522,6 +522,10 @@ def _kueue_config() -> dict[str, Any]:
         "internalCertManagement": {"enable": False},
         "manageJobsWithoutQueueName": False,
         "integrations": {"frameworks": ["batch/job"]},
+        # local disk is the scheduler's to place (nodes' ephemeral-storage), not a queue's quota: the
+        # trainer pod's ephemeral-storage request would otherwise make every workload inadmissible
+        # ("resource ephemeral-storage unavailable in ClusterQueue") (docs/platform.md)
+        "resources": {"excludeResourcePrefixes": ["ephemeral-storage"]},
         # the visibility API server is an aggregated API server reading /visibility/tls.* (fixed path)
         "featureGates": {"VisibilityOnDemand": False},
     }
@@ -773,7 +777,7 @@ def _health(name: str) -> Callable[[], bool]:
 def _podrunner_code() -> str:
     """Fingerprint of the pod runner's source: a running runner with other code is restarted by `up`."""
     here = Path(__file__).resolve().parent
-    files = (here / "podrunner.py", here / "kube.py", here.parent / "contract.py")
+    files = (here / "podrunner.py", here / "rootfs.py", here / "kube.py", here.parent / "contract.py")
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 

@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubeft import contract
 from kubeft import estimate as est
+from kubeft import gguf as spec_gguf
 
 from .placement import GpuClass
 from .settings import Settings
+
+GIB = 2**30
+MERGED_FORMAT = "merged-16bit"
+# what the work volume holds besides the model, checkpoints and exports (datasets, tokenizer, eval
+# generations, logs): a share of the sum and a floor
+SCRATCH_HEADROOM = 0.10
+SCRATCH_FLOOR_BYTES = 2 * GIB
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Bytes of local disk the trainer pod writes, by volume (each an emptyDir with this sizeLimit)."""
+
+    model: int  # the base model downloaded into the work directory (bf16 on disk; 0 from a claim)
+    checkpoints: int  # the newest checkpoint written while the one before it uploads
+    exports: int  # adapter, merged model, GGUF files, as asked for
+    tmp: int
+    cache: int
+
+    @property
+    def work(self) -> int:
+        """The work volume: model + checkpoints + exports, plus headroom, rounded up to a GiB."""
+        used = self.model + self.checkpoints + self.exports
+        return _gib_ceil(used * (1 + SCRATCH_HEADROOM) + SCRATCH_FLOOR_BYTES)
+
+    @property
+    def total(self) -> int:
+        """The pod's ephemeral-storage request: every disk-backed volume at its limit."""
+        return self.work + self.tmp + self.cache
+
+
+def _gib_ceil(n: float) -> int:
+    return math.ceil(n / GIB) * GIB
 
 
 @dataclass(frozen=True)
@@ -67,3 +102,37 @@ class Plan:
         s = self.settings
         seconds = 2 * est.checkpoint_bytes(self.estimate) / s.checkpoint_bytes_per_second
         return s.termination_grace_floor_seconds + math.ceil(seconds)
+
+    @property
+    def pod_checkpoint_bytes(self) -> int:
+        """One checkpoint as a pod writes it: FSDP shards the estimate's states over the GPUs, and a
+        pod holds the shards of all its own GPUs."""
+        one = est.checkpoint_bytes(self.estimate)
+        return one * self.gpu_count if self.strategy == "fsdp" and self.world_size > 1 else one
+
+    def scratch(self, formats: Sequence[str], model_downloaded: bool) -> Scratch:
+        """Local disk by volume for the export ``formats`` (resolved), from the checkpoint estimate.
+
+        The base model is downloaded into the work directory unless it is read from a claim.
+        """
+        total = self.estimate.total_params
+        bf16 = round(total * 2)  # safetensors of the model in 16 bits
+        exports = 0
+        if self.method != "full":
+            exports += self.estimate.adapters  # fp32 adapter weights (kept beside the merged model)
+        ggufs = [f for f in formats if spec_gguf.is_gguf(f)]
+        if MERGED_FORMAT in formats or ggufs:  # the GGUF files are converted from the merged model
+            exports += bf16
+        if ggufs:  # the F16 file is always made: it is the quantizer's input
+            names = {spec_gguf.F16.name, *ggufs}
+            if self.shape is not None:
+                exports += sum(spec_gguf.estimated_bytes(self.shape, f) for f in names)
+            else:
+                exports += bf16 * len(names)
+        return Scratch(
+            model=bf16 if model_downloaded else 0,
+            checkpoints=2 * self.pod_checkpoint_bytes,
+            exports=exports,
+            tmp=self.settings.trainer_tmp_bytes,
+            cache=self.settings.trainer_cache_bytes,
+        )

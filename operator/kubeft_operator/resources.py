@@ -18,11 +18,15 @@ from kubeft import contract
 from . import exportcheck
 from .api import FineTuneJob
 from .modelconfig import shape_to_dict
-from .plan import Plan
+from .plan import Plan, Scratch
 
 CONFIG_VOLUME = "job-config"
 WORK_VOLUME = "work"
 SHM_VOLUME = "dshm"
+TMP_VOLUME = "tmp"
+CACHE_VOLUME = "cache"
+TOKEN_VOLUME = "kube-api-access"
+ROOT_CA_CONFIG_MAP = "kube-root-ca.crt"  # published in every namespace by the controller-manager
 
 
 def trainer_name(job: FineTuneJob) -> str:
@@ -186,6 +190,8 @@ def _claim_volumes(job: FineTuneJob) -> tuple[list[client.V1Volume], list[client
 
 def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
     secret = job.spec.storage.credentials_secret
+    profile_hub = job.profile.defaults.hub_endpoint if job.profile is not None else None
+    hub = profile_hub or plan.settings.hf_endpoint
 
     def from_secret(name: str, key: str, optional: bool = False) -> client.V1EnvVar:
         return client.V1EnvVar(
@@ -204,13 +210,14 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
         client.V1EnvVar(name=contract.ENV_JOB_NAMESPACE, value=job.namespace),
         client.V1EnvVar(name=contract.ENV_METRICS_PORT, value=str(contract.METRICS_PORT)),
         client.V1EnvVar(name=contract.ENV_WORKDIR, value=plan.settings.workdir),
+        *writable_env(),
+        # the hub (or mirror) the operator read the model config from: the profile's, else its own
+        client.V1EnvVar(name=contract.ENV_HF_ENDPOINT, value=hub),
         from_secret(contract.ENV_S3_ACCESS_KEY, contract.SECRET_ACCESS_KEY),
         from_secret(contract.ENV_S3_SECRET_KEY, contract.SECRET_SECRET_KEY),
     ]
     if plan.has_hf_token:
         env.append(from_secret(contract.ENV_HF_TOKEN, contract.SECRET_HF_TOKEN, optional=True))
-    if job.profile is not None and job.profile.defaults.hub_endpoint:  # the trainer uses the same hub
-        env.append(client.V1EnvVar(name=contract.ENV_HF_ENDPOINT, value=job.profile.defaults.hub_endpoint))
     if source_claims(job):
         env.append(client.V1EnvVar(name=contract.ENV_PVC_ROOT, value=contract.PVC_ROOT))
     if plan.world_size > 1:
@@ -225,6 +232,71 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
             ports = ",".join(str(contract.METRICS_PORT + r) for r in range(gpus))
             env.append(client.V1EnvVar(name=contract.ENV_METRICS_PORTS, value=ports))
     return env + exportcheck.oci_env(job)
+
+
+def writable_env() -> list[client.V1EnvVar]:
+    """Every place the trainer and its libraries write by default, pointed at the pod's emptyDirs
+    (the root filesystem is read-only): home and temporary files in TMP_DIR, caches in CACHE_DIR."""
+    cache = contract.CACHE_DIR
+    values = {
+        "HOME": contract.TMP_DIR,
+        "TMPDIR": contract.TMP_DIR,
+        "XDG_CACHE_HOME": cache,
+        "HF_HOME": f"{cache}/huggingface",  # hub metadata, datasets' and transformers' module caches
+        "TRITON_CACHE_DIR": f"{cache}/triton",
+        "TORCHINDUCTOR_CACHE_DIR": f"{cache}/torchinductor",
+        "CUDA_CACHE_PATH": f"{cache}/nv",  # the driver's JIT-compiled kernels (else $HOME/.nv)
+        # a one-shot download gains nothing from hf_xet's chunk cache (up to 10 GB in HF_HOME)
+        "HF_XET_CHUNK_CACHE_SIZE_BYTES": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ next to the image's read-only modules
+    }
+    return [client.V1EnvVar(name=k, value=v) for k, v in values.items()]
+
+
+def _quantity(n: int) -> str:
+    """Bytes as a Kubernetes quantity, in whole GiB where it is one."""
+    return f"{n // 2**30}Gi" if n % 2**30 == 0 else str(n)
+
+
+def scratch(job: FineTuneJob, plan: Plan) -> Scratch:
+    """The trainer pod's local disk by volume, from the checkpoint estimate and the export formats."""
+    formats = job.spec.export_formats(plan.method)
+    return plan.scratch(formats, model_downloaded=contract.pvc_claim(job.spec.model.source) is None)
+
+
+def _token_volume(plan: Plan) -> client.V1Volume:
+    """The ServiceAccount token the trainer patches its job's status with: projected, short-lived
+    (renewed by the kubelet), with the cluster's CA and the namespace, where client libraries look."""
+    return client.V1Volume(
+        name=TOKEN_VOLUME,
+        projected=client.V1ProjectedVolumeSource(
+            default_mode=0o644,
+            sources=[
+                client.V1VolumeProjection(
+                    service_account_token=client.V1ServiceAccountTokenProjection(
+                        path="token", expiration_seconds=plan.settings.trainer_token_expiration_seconds
+                    )
+                ),
+                client.V1VolumeProjection(
+                    config_map=client.V1ConfigMapProjection(
+                        name=ROOT_CA_CONFIG_MAP, items=[client.V1KeyToPath(key="ca.crt", path="ca.crt")]
+                    )
+                ),
+                client.V1VolumeProjection(
+                    downward_api=client.V1DownwardAPIProjection(
+                        items=[
+                            client.V1DownwardAPIVolumeFile(
+                                path="namespace",
+                                field_ref=client.V1ObjectFieldSelector(
+                                    api_version="v1", field_path="metadata.namespace"
+                                ),
+                            )
+                        ]
+                    )
+                ),
+            ],
+        ),
+    )
 
 
 def rendezvous_endpoint(job: FineTuneJob) -> str:
@@ -304,11 +376,13 @@ def _tolerations(job: FineTuneJob) -> list[client.V1Toleration]:
 
 
 def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
-    """The trainer pod: on the allowed GPU classes, non-root, its own ServiceAccount only."""
+    """The trainer pod: on the allowed GPU classes, non-root with a read-only root filesystem (it
+    writes to size-limited emptyDirs only), its own ServiceAccount's token for the status patch."""
     res = job.spec.resources
     gpu = str(res.gpus)
+    disk = scratch(job, plan)
     limits: dict[str, str] = {contract.RESOURCE_GPU: gpu}
-    requests: dict[str, str] = {contract.RESOURCE_GPU: gpu}
+    requests: dict[str, str] = {contract.RESOURCE_GPU: gpu, "ephemeral-storage": _quantity(disk.total)}
     if res.cpu is not None:
         requests["cpu"] = str(res.cpu)
     if res.memory is not None:
@@ -326,13 +400,17 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
         volume_mounts=[
             client.V1VolumeMount(name=CONFIG_VOLUME, mount_path=contract.TRAINER_CONFIG_DIR, read_only=True),
             client.V1VolumeMount(name=WORK_VOLUME, mount_path=plan.settings.workdir),
+            client.V1VolumeMount(name=TMP_VOLUME, mount_path=contract.TMP_DIR),
+            client.V1VolumeMount(name=CACHE_VOLUME, mount_path=contract.CACHE_DIR),
             client.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"),
+            client.V1VolumeMount(name=TOKEN_VOLUME, mount_path=contract.SA_TOKEN_DIR, read_only=True),
             *claim_mounts,
         ],
         termination_message_path=contract.TERMINATION_LOG,
         termination_message_policy="FallbackToLogsOnError",
         security_context=client.V1SecurityContext(
             allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
             run_as_non_root=True,
             run_as_user=uid,
             capabilities=client.V1Capabilities(drop=["ALL"]),
@@ -351,7 +429,12 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
             # with the headless Service, pod <job>-trainer-<index> is <job>-trainer-<index>.<job>-trainer
             subdomain=trainer_job_name(job) if plan.world_size > 1 else None,
             service_account_name=trainer_name(job),
-            automount_service_account_token=True,  # the trainer patches its job's status with it
+            # no automatic token: the trainer container mounts its own, projected (_token_volume)
+            automount_service_account_token=False,
+            image_pull_secrets=[
+                client.V1LocalObjectReference(name=n) for n in plan.settings.trainer_image_pull_secrets
+            ]
+            or None,
             enable_service_links=False,
             affinity=_affinity(plan),
             tolerations=_tolerations(job),
@@ -371,11 +454,21 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
                     name=CONFIG_VOLUME,
                     config_map=client.V1ConfigMapVolumeSource(name=config_map_name(job)),
                 ),
-                client.V1Volume(name=WORK_VOLUME, empty_dir=client.V1EmptyDirVolumeSource()),
+                *(
+                    client.V1Volume(
+                        name=name, empty_dir=client.V1EmptyDirVolumeSource(size_limit=_quantity(size))
+                    )
+                    for name, size in (
+                        (WORK_VOLUME, disk.work),
+                        (TMP_VOLUME, disk.tmp),
+                        (CACHE_VOLUME, disk.cache),
+                    )
+                ),
                 client.V1Volume(
                     name=SHM_VOLUME,
                     empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit="2Gi"),
                 ),
+                _token_volume(plan),
                 *claim_volumes,
             ],
         ),

@@ -68,6 +68,13 @@ class Settings(BaseModel):
     trainer_pod_labels: tuple[tuple[str, str], ...] = ()
     trainer_pod_annotations: tuple[tuple[str, str], ...] = ()
     workdir: str = "/var/lib/kubeft"
+    # Secrets (in each job's namespace) the trainer pods pull their image with
+    trainer_image_pull_secrets: tuple[str, ...] = ()
+    # the trainer pod's /tmp and cache (HF_HOME, XDG_CACHE_HOME, triton, inductor) emptyDirs
+    trainer_tmp_bytes: int = Field(default=2**30, ge=64 * 2**20)
+    trainer_cache_bytes: int = Field(default=2 * 2**30, ge=64 * 2**20)
+    # lifetime of the trainer's projected ServiceAccount token (the kubelet renews it at 80%)
+    trainer_token_expiration_seconds: int = Field(default=3600, ge=600)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -78,7 +85,7 @@ class Settings(BaseModel):
             raw = env.get(PREFIX + name.upper())
             if raw is None:
                 continue
-            if name in ("namespaces", "allowed_endpoints"):
+            if name in ("namespaces", "allowed_endpoints", "trainer_image_pull_secrets"):
                 values[name] = tuple(n.strip() for n in raw.split(",") if n.strip())
             elif name in ("trainer_pod_labels", "trainer_pod_annotations"):
                 pairs = [p.partition("=") for p in raw.split(",") if p.strip()]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubeft import contract
 from kubeft.dev.stack import BIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -254,3 +255,124 @@ def test_cluster_mode_reads_secrets_only_in_onboarded_namespaces() -> None:
     assert [r["verbs"] for r in cluster_role["rules"] if "secrets" in r["resources"]] == [["get"]]
     with pytest.raises(AssertionError, match=r"rbac\.secrets must be onboarded or cluster, not everywhere"):
         render("rbac.secrets=everywhere")
+
+
+NETPOL = (
+    "networkPolicy.enabled=true",
+    "networkPolicy.namespaces={team-a,team-b}",
+    "networkPolicy.apiServer.to[0].ipBlock.cidr=10.0.0.1/32",
+    "networkPolicy.storage.to[0].ipBlock.cidr=10.1.0.0/16",
+)
+
+
+def _trainer_pod(gpus: int) -> Any:
+    """The trainer pod template the operator makes for a QLoRA job of a 1B model on ``gpus`` GPUs."""
+    from kubeft_operator import resources
+    from kubeft_operator.api import FineTuneJob
+    from kubeft_operator.placement import GpuClass
+    from kubeft_operator.plan import Plan
+
+    from kubeft import estimate as est
+
+    body = {
+        "metadata": {"name": "j", "namespace": "team-a", "uid": "u"},
+        "spec": {"model": {"source": "s3://m/"}, "dataset": {"source": "s3://d"}, "method": "qlora",
+                 "storage": {"credentialsSecret": "s"}, "resources": {"gpus": gpus}},
+    }  # fmt: skip
+    job = FineTuneJob.from_body(body)
+    shape = est.known_shape("llama-3.2-1b")
+    setup = est.Setup.from_spec(job.spec, "qlora")
+    h100 = GpuClass("NVIDIA-H100-80GB-HBM3", 80 * 2**30, ())
+    plan = Plan("qlora", (h100,), gpus, est.estimate(shape, setup), shape=shape)
+    return resources.get_pod_template(job, plan)
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) == {"matchLabels"}, selector
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def _port_allowed(ports: list[dict[str, Any]], port: int) -> bool:
+    return any(
+        p["port"] <= port <= p.get("endPort", p["port"]) and p.get("protocol", "TCP") == "TCP" for p in ports
+    )
+
+
+def test_no_network_policy_unless_enabled_and_then_clear_words_for_what_it_needs() -> None:
+    assert not by_kind(render(), "NetworkPolicy")
+    argv = ["template", "kubeft", str(CHART), "--set", "networkPolicy.enabled=true"]
+    res = subprocess.run([str(BIN / "helm"), *argv], capture_output=True, text=True, check=False)
+    assert res.returncode != 0 and "needs networkPolicy.namespaces (or watchNamespaces)" in res.stderr
+    res = subprocess.run([str(BIN / "helm"), *argv, "--set", "watchNamespaces={team-a}"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert res.returncode != 0 and "networkPolicy.apiServer.to is empty" in res.stderr
+
+
+def test_the_network_policy_selects_the_trainer_pods_the_operator_makes_and_opens_what_they_use() -> None:
+    """Nothing local enforces NetworkPolicy (no network plugin): this checks the rendered policy
+    against the labels and ports the operator puts on a trainer pod."""
+    policies = by_kind(render(*NETPOL), "NetworkPolicy")
+    assert [p["metadata"]["namespace"] for p in policies] == ["team-a", "team-b"]
+    spec = policies[0]["spec"]
+    pod = _trainer_pod(gpus=4)
+    labels = pod.metadata.labels
+    assert _selects(spec["podSelector"], labels) and spec["policyTypes"] == ["Ingress", "Egress"]
+    # not the operator's own pods, nor anything else in the namespace
+    assert not _selects(
+        spec["podSelector"], {**labels, contract.LABEL_COMPONENT: contract.COMPONENT_OPERATOR}
+    )
+    peers, scrape = spec["ingress"]
+    # the job's other pods: every port (rendezvous, then NCCL/gloo on ports of their choosing)
+    assert "ports" not in peers and _selects(peers["from"][0]["podSelector"], labels)
+    # Prometheus reaches each metrics port of a 4-GPU pod, and only those
+    metrics = [p.container_port for p in pod.spec.containers[0].ports if p.name.startswith("metrics")]
+    assert len(metrics) == 4 and all(_port_allowed(scrape["ports"], p) for p in metrics)
+    assert not _port_allowed(scrape["ports"], contract.RDZV_PORT)
+    assert scrape["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    to_pods, dns, apiserver, storage = spec["egress"]
+    assert "ports" not in to_pods and _selects(to_pods["to"][0]["podSelector"], labels)
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert apiserver["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}] and _port_allowed(
+        apiserver["ports"], 6443
+    )
+    assert storage["to"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}] and _port_allowed(storage["ports"], 9000)
+    # every egress rule names where it goes: none opens a port to the whole world
+    assert all(rule.get("to") for rule in spec["egress"])
+
+
+def test_the_hub_is_reachable_only_when_allowed_and_its_endpoint_reaches_operator_and_trainer() -> None:
+    # not allowed (the default): pods, DNS, API server and storage only
+    assert len(by_kind(render(*NETPOL), "NetworkPolicy")[0]["spec"]["egress"]) == 4
+    docs = render(
+        *NETPOL,
+        "networkPolicy.hub.allowed=true",
+        "networkPolicy.hub.to[0].ipBlock.cidr=10.9.0.7/32",
+        "trainer.hubEndpoint=https://hf-mirror.internal",
+        "trainer.imagePullSecrets={mirror-pull}",
+    )
+    hub = by_kind(docs, "NetworkPolicy")[0]["spec"]["egress"][-1]
+    assert hub == {"to": [{"ipBlock": {"cidr": "10.9.0.7/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+    (deploy,) = by_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBEFT_HF_ENDPOINT"] == "https://hf-mirror.internal"
+    assert env["KUBEFT_TRAINER_IMAGE_PULL_SECRETS"] == "mirror-pull"
+    from kubeft_operator.settings import Settings
+
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("KUBEFT_") and v is not None})
+    assert settings.trainer_image_pull_secrets == ("mirror-pull",)
+    assert settings.hf_endpoint == "https://hf-mirror.internal"
+
+
+@pytest.mark.stack
+def test_the_rendered_network_policy_is_accepted_by_the_api_server(api_client: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    net = client.NetworkingV1Api(api_client)
+    sets = [s for s in NETPOL if not s.startswith("networkPolicy.namespaces")]
+    docs = render(*sets, f"networkPolicy.namespaces={{{namespace}}}", "networkPolicy.hub.allowed=true")
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    net.create_namespaced_network_policy(namespace, policy)
+    stored = net.read_namespaced_network_policy(policy["metadata"]["name"], namespace)
+    assert stored.spec.ingress[1].ports[0].end_port == 9407 and len(stored.spec.egress) == 5

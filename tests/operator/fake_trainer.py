@@ -2,7 +2,9 @@
 
 It reads job.json like the real trainer and behaves by the job's name prefix:
 ``fail-`` exits 1, ``oom-`` exits 1 with a CUDA out-of-memory message, ``bad-`` exits 2
-(invalid input), ``ok-`` exits 0; anything else runs until SIGTERM.
+(invalid input), ``ok-`` exits 0; ``writes-`` writes where the trainer and its libraries write and
+where nothing may, then exits 0 if only the first worked (its message says what it found);
+anything else runs until SIGTERM.
 
 On more than one node it first meets the other pods the way torchrun's rendezvous would: index 0
 listens on KUBEFT_RDZV_ENDPOINT (the headless Service's name of its own pod), the others connect
@@ -38,6 +40,35 @@ def rendezvous(endpoint: str, nodes: int, index: int) -> str:
             time.sleep(0.2)
 
 
+# where the trainer, torch, triton and the hub write (each set by the operator to a pod volume)
+WRITABLE_ENV = ("HOME", "TMPDIR", "XDG_CACHE_HOME", "HF_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
+                "KUBEFT_WORKDIR")  # fmt: skip
+
+
+def check_writes() -> tuple[bool, str]:
+    """Writes a file under every writable place, and tries the working directory, this script's own
+    directory (the image) and the job config's (a read-only ConfigMap mount)."""
+    wrote, refused, wrong = [], [], []
+    for name in WRITABLE_ENV:
+        try:
+            d = os.path.join(os.environ[name], "probe")
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "x"), "w") as f:
+                f.write("x")
+            wrote.append(name)
+        except (KeyError, OSError) as exc:
+            wrong.append(f"{name}: {exc}")
+    for where in (os.getcwd(), os.path.dirname(os.path.abspath(__file__)),
+                  os.path.dirname(os.environ["KUBEFT_JOB_CONFIG"])):  # fmt: skip
+        try:
+            with open(os.path.join(where, "probe-x"), "w") as f:
+                f.write("x")
+            wrong.append(f"wrote to {where}")
+        except OSError as exc:
+            refused.append(f"{where}: {exc.strerror}")
+    return not wrong, f"wrote to {', '.join(wrote)}; refused: {'; '.join(refused)}; wrong: {'; '.join(wrong)}"
+
+
 def main() -> int:
     with open(os.environ["KUBEFT_JOB_CONFIG"]) as f:
         config = json.load(f)
@@ -62,6 +93,9 @@ def main() -> int:
         return finish(2, "dataset has no usable rows")
     if name.startswith("ok-"):
         return finish(0, "done")
+    if name.startswith("writes-"):
+        ok, message = check_writes()
+        return finish(0 if ok else 1, message)
     # like the real trainer: SIGTERM → (final checkpoint) → exit 143, which costs the Job no retry
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     while True:

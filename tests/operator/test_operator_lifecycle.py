@@ -592,9 +592,15 @@ def test_cleanup_delete_removes_the_runs_objects_with_the_job_and_retain_keeps_t
     assert keys(f"{jobs.ns}/doomed-run/older-uid") == [f"{jobs.ns}/doomed-run/older-uid/checkpoints/step-1/x"]
 
 
-def test_the_trainer_pod_passes_pod_security_restricted_enforced_by_the_apiserver(
+def test_the_trainer_pod_passes_pod_security_restricted_and_writes_only_to_its_volumes(
     jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
 ) -> None:
+    """The real apiserver enforces PodSecurity `restricted` on the namespace: the trainer pod is
+    admitted and runs to Succeeded. Under the pod runner its root filesystem is read-only (a mount
+    namespace, kubeft/dev/rootfs.py): the fake trainer writes where the trainer, torch, triton and
+    the hub write, and fails to write to its working directory, its image and its config."""
+    from kubeft.dev.podrunner import readonly_root_supported
+
     ns = jobs.ns
     labels = {
         "pod-security.kubernetes.io/enforce": "restricted",
@@ -609,12 +615,29 @@ def test_the_trainer_pod_passes_pod_security_restricted_enforced_by_the_apiserve
     with pytest.raises(ApiException) as refused:
         core_v1.create_namespaced_pod(ns, careless)
     assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
+    name = "writes-restricted" if readonly_root_supported() else "ok-restricted"
     with run_operator() as runner:
-        jobs.create(ftj.job_manifest("restricted"))
-        (pod,) = ftj.wait_for(lambda: job_pods(core_v1, ns, "restricted"), what="the trainer pod admitted")
+        jobs.create(ftj.job_manifest(name))
+        ftj.wait_for(lambda: phase(jobs, name) in ("Succeeded", "Failed"), what="the job finished")
     assert runner.exception is None
-    assert pod.spec.security_context.run_as_non_root
-    assert pod.spec.containers[0].security_context.capabilities.drop == ["ALL"]
+    (pod,) = job_pods(core_v1, ns, name)
+    message = pod.status.container_statuses[0].state.terminated.message
+    assert phase(jobs, name) == "Succeeded", message
+    assert not [e for e in core_v1.list_namespaced_event(ns).items if e.reason == "FailedCreate"]
+    c = pod.spec.containers[0]
+    assert c.security_context.read_only_root_filesystem and c.security_context.capabilities.drop == ["ALL"]
+    assert pod.spec.automount_service_account_token is False
+    if name.startswith("writes-"):
+        # HOME, TMPDIR, the caches and the work directory took a file; the rest is read-only
+        assert message.startswith("wrote to HOME, TMPDIR, XDG_CACHE_HOME, HF_HOME, TRITON_CACHE_DIR"), message
+        assert message.count("Read-only file system") == 3 and message.endswith("wrong: "), message
+    # the same pod with one field changed is refused: the test checks what the operator makes
+    c.security_context.allow_privilege_escalation = True
+    bold = client.V1Pod(metadata=client.V1ObjectMeta(name="bold"), spec=pod.spec)
+    bold.spec.node_name = None
+    with pytest.raises(ApiException) as refused:
+        core_v1.create_namespaced_pod(ns, bold)
+    assert "allowPrivilegeEscalation != false" in refused.value.body
 
 
 def test_a_model_config_read_with_one_tenants_keys_is_not_vouched_for_anothers(

@@ -286,6 +286,91 @@ def test_trainer_pod_follows_the_contract() -> None:
     assert pod.spec.service_account_name == "j-trainer" and pod.spec.restart_policy == "Never"
 
 
+def _gib(quantity: str) -> float:
+    assert quantity.endswith("Gi"), quantity
+    return int(quantity[:-2])
+
+
+def test_the_trainer_pod_writes_only_to_size_limited_empty_dirs_under_a_read_only_root() -> None:
+    j, plan = _plan_and_job()
+    pod = pod_of(j, plan)
+    c = pod.spec.containers[0]
+    assert c.security_context.read_only_root_filesystem is True
+    volumes = {v.name: v for v in pod.spec.volumes}
+    writable = {m.mount_path: m.name for m in c.volume_mounts if not m.read_only}
+    assert writable == {
+        "/var/lib/kubeft": "work",
+        "/tmp": "tmp",
+        "/var/cache/kubeft": "cache",
+        "/dev/shm": "dshm",
+    }
+    assert all(volumes[name].empty_dir is not None for name in writable.values())
+    # every place the trainer and its libraries write by default is inside one of them
+    env = {e.name: e.value for e in c.env}
+    for name in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "HF_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
+                 "CUDA_CACHE_PATH", contract.ENV_WORKDIR):  # fmt: skip
+        assert any(env[name] == m or env[name].startswith(m + "/") for m in writable), name
+    # QLoRA of a 1B model exporting its adapter: the 2.5 GB model download, two 68 MB checkpoints and
+    # the adapter, plus 10% and 2 GiB of headroom → 5 GiB; /tmp 1 GiB and the caches 2 GiB besides
+    sizes = {name: _gib(volumes[name].empty_dir.size_limit) for name in ("work", "tmp", "cache")}
+    assert sizes == {"work": 5, "tmp": 1, "cache": 2}
+    assert (
+        c.resources.requests["ephemeral-storage"] == "8Gi" and "ephemeral-storage" not in c.resources.limits
+    )
+
+
+def test_disk_for_checkpoints_and_exports_grows_with_the_checkpoint_estimate() -> None:
+    def work_gib(shape: str, **spec: Any) -> float:
+        j = job(**spec)
+        d = decide(j, NONE, Inputs(classes=classes(), shape=est.known_shape(shape)), SETTINGS, NOW)
+        assert d.create is not None
+        disk = resources.scratch(j, d.create)
+        assert disk.checkpoints == 2 * est.checkpoint_bytes(d.create.estimate)
+        volumes = {v.name: v for v in pod_of(j, d.create).spec.volumes}
+        assert _gib(volumes["work"].empty_dir.size_limit) * 2**30 == disk.work
+        return disk.work / 2**30
+
+    adapter = work_gib("llama-3.1-8b", method="qlora")
+    # the merged model (16.1 GB) and its GGUF files (F16 16.1 GB, Q4_K_M 4.9 GB) come on top
+    gguf = work_gib("llama-3.1-8b", method="qlora", export={"formats": ["adapter", "gguf-q4_k_m"]})
+    # (16.1 GB + 2 × 0.25 GB + 0.17 GB) × 1.1 + 2 GiB → 20 GiB; with the GGUF export 58 GiB
+    assert (adapter, gguf) == (20, 58)
+    # full fine-tuning checkpoints the whole model and its optimizer states (two of 35 GB) and exports
+    # the merged model: (16.1 + 70.5 + 16.1 GB) × 1.1 + 2 GiB → 108 GiB
+    assert (
+        work_gib("llama-3.1-8b", method="full", resources={"gpuProducts": ["NVIDIA-H100-80GB-HBM3"]}) == 108
+    )
+    # a model read from a claim is not downloaded
+    from_claim = work_gib("llama-3.1-8b", method="qlora", model={"source": "pvc://models/llama-3.1-8b"})
+    assert adapter - from_claim > 14
+
+
+def test_the_service_account_token_is_projected_short_lived_into_the_trainer_only() -> None:
+    j, plan = _plan_and_job()
+    pod = pod_of(j, plan)
+    assert pod.spec.automount_service_account_token is False
+    (token,) = [v for v in pod.spec.volumes if v.projected is not None]
+    sources = token.projected.sources
+    assert sources[0].service_account_token.expiration_seconds == 3600
+    assert sources[1].config_map.name == "kube-root-ca.crt" and sources[2].downward_api is not None
+    (mount,) = [m for m in pod.spec.containers[0].volume_mounts if m.name == token.name]
+    assert mount.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount" and mount.read_only
+
+
+def test_image_pull_secrets_and_the_hub_endpoint_reach_the_trainer_pod() -> None:
+    j, plan = _plan_and_job()
+    pod = pod_of(j, plan)
+    assert pod.spec.image_pull_secrets is None
+    assert {e.name: e.value for e in pod.spec.containers[0].env}["HF_ENDPOINT"] == "https://huggingface.co"
+    settings = Settings.from_env({"KUBEFT_TRAINER_IMAGE_PULL_SECRETS": "mirror-pull, team-pull ",
+                                  "KUBEFT_HF_ENDPOINT": "https://hf-mirror.internal"})  # fmt: skip
+    pod = pod_of(j, dataclasses.replace(plan, settings=settings))
+    assert [s.name for s in pod.spec.image_pull_secrets] == ["mirror-pull", "team-pull"]
+    assert {e.name: e.value for e in pod.spec.containers[0].env}[
+        "HF_ENDPOINT"
+    ] == "https://hf-mirror.internal"
+
+
 def test_role_allows_only_get_and_patch_on_this_job_and_creating_events() -> None:
     j, plan = _plan_and_job()
     rule, events = resources.get_role(j, plan).rules

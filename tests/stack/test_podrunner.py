@@ -184,3 +184,75 @@ def test_runner_metrics_port_is_scraped_by_prometheus(
         time.sleep(0.3)
     else:
         raise AssertionError("pod was not deleted")
+
+
+TOKEN_SCRIPT = r"""
+import os, pathlib
+token = pathlib.Path(os.environ["SA_DIR"]) / "token"
+ns = pathlib.Path(os.environ["SA_DIR"]) / "namespace"
+said = "kubeconfig" if os.environ.get("KUBECONFIG") else "no kubeconfig"
+if token.exists():
+    said += f", token of {len(token.read_text().split('.'))} parts, namespace {ns.read_text()}"
+pathlib.Path(os.environ["KUBEFT_TERMINATION_LOG"]).write_text(said)
+"""
+
+
+def test_a_pod_gets_an_api_token_only_when_it_has_one_and_the_projected_one_where_it_mounts_it(
+    core_v1: Any, namespace: str
+) -> None:
+    def pod(name: str, projected: bool) -> client.V1Pod:
+        token = client.V1Volume(
+            name="token",
+            projected=client.V1ProjectedVolumeSource(
+                sources=[
+                    client.V1VolumeProjection(
+                        service_account_token=client.V1ServiceAccountTokenProjection(
+                            path="token", expiration_seconds=600
+                        )
+                    ),
+                    client.V1VolumeProjection(
+                        downward_api=client.V1DownwardAPIProjection(
+                            items=[
+                                client.V1DownwardAPIVolumeFile(
+                                    path="namespace",
+                                    field_ref=client.V1ObjectFieldSelector(field_path="metadata.namespace"),
+                                )
+                            ]
+                        )
+                    ),
+                ]
+            ),
+        )
+        sa_dir = contract.SA_TOKEN_DIR
+        return client.V1Pod(
+            metadata=client.V1ObjectMeta(
+                name=name, labels={contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER}
+            ),
+            spec=client.V1PodSpec(
+                restart_policy="Never",
+                automount_service_account_token=False,
+                containers=[
+                    client.V1Container(
+                        name=contract.TRAINER_CONTAINER,
+                        image="kubeft/trainer:test",
+                        command=["python3", "-c", TOKEN_SCRIPT],
+                        env=[client.V1EnvVar(name="SA_DIR", value=sa_dir)],
+                        volume_mounts=[client.V1VolumeMount(name="token", mount_path=sa_dir, read_only=True)]
+                        if projected
+                        else None,
+                    )
+                ],
+                volumes=[token] if projected else None,
+            ),
+        )
+
+    core_v1.create_namespaced_pod(namespace, pod("no-token", projected=False))
+    core_v1.create_namespaced_pod(namespace, pod("projected", projected=True))
+    said = {}
+    for name in ("no-token", "projected"):
+        done = _wait_phase(core_v1, namespace, name, {"Failed", "Succeeded"})
+        said[name] = done.status.container_statuses[0].state.terminated.message
+    assert said == {
+        "no-token": "no kubeconfig",
+        "projected": f"kubeconfig, token of 3 parts, namespace {namespace}",  # a JWT
+    }

@@ -21,6 +21,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* The labels the operator puts on every trainer pod (kubeft.contract). */}}
+{{- define "kubeft.trainerSelectorLabels" -}}
+app.kubernetes.io/component: trainer
+app.kubernetes.io/managed-by: kubeft
+{{- end -}}
+
 {{- define "kubeft.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "kubeft.fullname" .) .Values.serviceAccount.name -}}
