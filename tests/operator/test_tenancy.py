@@ -508,7 +508,7 @@ def test_a_profiles_hub_reaches_the_trainer_pod() -> None:
             "spec": {"model": {"source": "hf://meta-llama/Llama-3.2-1B"}, "dataset": {"source": "s3://d/x"},
                      "storage": {"credentialsSecret": "s"}}}  # fmt: skip
     shape = est.known_shape("llama-3.2-1b")
-    for profile, expected in ((mirror, "https://hf-mirror.internal"), (None, None)):
+    for profile, expected in ((mirror, "https://hf-mirror.internal"), (None, Settings().hf_endpoint)):
         j = FineTuneJob.from_body(body, profile)
         inputs = Inputs(classes=pl.gpu_classes(pl.gpu_nodes([l4], [])), shape=shape)
         plan = decide(j, Observed(), inputs, Settings(), now).create
