@@ -21,7 +21,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from minio.credentials import Credentials
 from minio.credentials.providers import Provider
@@ -189,12 +189,16 @@ def token_file(path: str | Path) -> Callable[[], str]:
         try:
             return Path(path).read_text().strip()
         except OSError as exc:
-            raise WebIdentityError("(none)", "(none)", None, f"cannot read the token file {path}: {exc}", None) from exc
+            raise WebIdentityError(
+                "(none)", "(none)", None, f"cannot read the token file {path}: {exc}", None
+            ) from exc
 
     return read
 
 
-def provider_from_env(storage_endpoint: str, env: Mapping[str, str], session_name: str) -> WebIdentityProvider | None:
+def provider_from_env(
+    storage_endpoint: str, env: Mapping[str, str], session_name: str
+) -> WebIdentityProvider | None:
     """The pod's web identity (``AWS_ROLE_ARN`` + ``AWS_WEB_IDENTITY_TOKEN_FILE``), or None without one."""
     role, path = env.get(ENV_ROLE_ARN), env.get(ENV_TOKEN_FILE)
     if not role or not path:

@@ -8,7 +8,10 @@ as a local process, the way a kubelet would:
 - env: literal values, secretKeyRef / configMapKeyRef (optional honoured), fieldRef
   (metadata.name/namespace/uid, spec.nodeName, spec.serviceAccountName, status.podIP);
 - volumes: configMap, secret and emptyDir volumes are materialised under the pod's
-  directory; a persistentVolumeClaim is the directory of the hostPath or local
+  directory, and so are projected volumes (their configMap, secret and serviceAccountToken
+  sources: a token from the TokenRequest API for the pod's ServiceAccount, bound to the pod, with
+  the source's audience and expirationSeconds, rewritten once 80% of its lifetime has passed, as
+  a kubelet does); a persistentVolumeClaim is the directory of the hostPath or local
   PersistentVolume it is bound to (read-only is not enforced); the pod's mounts are mirrored
   under its directory, and env values that point into a mount path, or into a directory
   that holds mounts, are rewritten to that mirror;
@@ -101,6 +104,17 @@ class Running:
     scrape_target: str | None = None
     deleting: bool = field(default=False)
     dns_name: str | None = None  # <hostname>.<subdomain>.<namespace>.svc
+    tokens: list[ProjectedToken] = field(default_factory=list)
+
+
+@dataclass
+class ProjectedToken:
+    """A projected serviceAccountToken file and when the runner rewrites it."""
+
+    path: Path
+    audience: str | None
+    expiration_seconds: int
+    refresh_at: float = 0.0  # time.monotonic()
 
 
 class _NotYet(Exception):
@@ -156,6 +170,7 @@ class PodRunner:
         for uid in list(self.running):
             if uid not in seen:  # deleted while we weren't looking
                 self._terminate(uid, 0)
+        self._refresh_tokens({p.metadata.uid: p for p in pods})
 
     # --- start ------------------------------------------------------------
     def _start(self, pod: Any) -> None:
@@ -163,9 +178,10 @@ class PodRunner:
         workdir = self.state_dir / "pods" / f"{ns}_{name}_{uid[:8]}"
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
+        tokens: list[ProjectedToken] = []
         try:
             container = pod.spec.containers[0]
-            mounts = self._materialise_volumes(pod, container, workdir)
+            mounts = self._materialise_volumes(pod, container, workdir, tokens)
             env, targets, ports = self._env(pod, container, workdir, mounts)
             argv = [*(container.command or []), *(container.args or [])]
             if not argv:
@@ -196,6 +212,7 @@ class PodRunner:
         logfile.close()
         run = Running(uid, ns, name, proc, workdir, _now(), Path(env[contract.ENV_TERMINATION_LOG]))
         run.dns_name = _dns_name(pod)
+        run.tokens = tokens
         if run.dns_name:
             self.endpoints[run.dns_name] = ports
         if targets:
@@ -208,8 +225,13 @@ class PodRunner:
         self._patch_status(ns, name, self._running_status(pod, run))
         threading.Thread(target=self._wait, args=(pod, run), daemon=True).start()
 
-    def _materialise_volumes(self, pod: Any, container: Any, workdir: Path) -> dict[str, Path]:
-        """mountPath → local directory, for configMap, secret, emptyDir, PVC and the SA token volume."""
+    def _materialise_volumes(
+        self, pod: Any, container: Any, workdir: Path, tokens: list[ProjectedToken]
+    ) -> dict[str, Path]:
+        """mountPath → local directory, for configMap, secret, emptyDir, projected and PVC volumes.
+
+        ``tokens`` gets the projected serviceAccountToken files (written here; refreshed by sync).
+        """
         sources: dict[str, Path] = {}
         for vol in pod.spec.volumes or []:
             if vol.persistent_volume_claim is not None:
@@ -226,12 +248,69 @@ class PodRunner:
             elif vol.secret is not None:
                 data = self._secret(pod, vol.secret.secret_name, vol.secret.optional)
                 self._write_items(local, data, vol.secret.items)
+            elif vol.projected is not None:
+                for src in vol.projected.sources or []:
+                    if src.config_map is not None:
+                        data = self._config_map(pod, src.config_map.name, src.config_map.optional)
+                        self._write_items(local, data, src.config_map.items)
+                    elif src.secret is not None:
+                        data = self._secret(pod, src.secret.name, src.secret.optional)
+                        self._write_items(local, data, src.secret.items)
+                    elif src.service_account_token is not None:
+                        sat = src.service_account_token
+                        token = ProjectedToken(local / sat.path, sat.audience, sat.expiration_seconds or 3600)
+                        self._write_token(pod, token)
+                        tokens.append(token)
             sources[vol.name] = local
         mounts: dict[str, Path] = {}
         for m in container.volume_mounts or []:
             if m.name in sources:
                 mounts[m.mount_path.rstrip("/")] = sources[m.name] / (m.sub_path or "")
         return mounts
+
+    def _write_token(self, pod: Any, token: ProjectedToken) -> None:
+        """A bound token for the pod's ServiceAccount into ``token.path`` (atomically, as a kubelet)."""
+        expiry = token.expiration_seconds
+        value = self._token(pod, [token.audience] if token.audience else [], expiry)
+        token.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = token.path.with_name(f".{token.path.name}.tmp")
+        tmp.write_text(value)
+        tmp.chmod(0o600)
+        tmp.rename(token.path)
+        token.refresh_at = time.monotonic() + 0.8 * expiry  # the kubelet's rule: at 80% of the TTL
+
+    def _refresh_tokens(self, pods: dict[str, Any]) -> None:
+        """Rewrites the projected tokens of running pods that are due."""
+        now = time.monotonic()
+        with self.lock:
+            runs = list(self.running.values())
+        for run in runs:
+            pod = pods.get(run.uid)
+            for token in run.tokens:
+                if pod is not None and not run.deleting and now >= token.refresh_at:
+                    try:
+                        self._write_token(pod, token)
+                        log.info("pod %s/%s: refreshed token %s", run.namespace, run.name, token.path)
+                    except Exception:
+                        log.exception("pod %s/%s: token refresh failed; retrying", run.namespace, run.name)
+
+    def _token(self, pod: Any, audiences: list[str], expiration_seconds: int) -> str:
+        """TokenRequest for the pod's ServiceAccount, bound to the pod (it dies with the pod)."""
+        from kubernetes import client
+
+        req = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=audiences,
+                expiration_seconds=expiration_seconds,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
+                ),
+            )
+        )
+        sa = pod.spec.service_account_name or "default"
+        return str(
+            self.core.create_namespaced_service_account_token(sa, pod.metadata.namespace, req).status.token
+        )
 
     def _claim_dir(self, pod: Any, claim: str) -> Path:
         """The directory of the hostPath/local PersistentVolume a claim is bound to."""
@@ -399,21 +478,9 @@ class PodRunner:
         return str(values.get(path, ""))
 
     def _kubeconfig(self, pod: Any, workdir: Path) -> Path:
-        from kubernetes import client
 
         sa = pod.spec.service_account_name or "default"
-        req = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(
-                audiences=[],
-                expiration_seconds=24 * 3600,
-                bound_object_ref=client.V1BoundObjectReference(
-                    kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
-                ),
-            )
-        )
-        token = self.core.create_namespaced_service_account_token(
-            sa, pod.metadata.namespace, req
-        ).status.token
+        token = self._token(pod, [], 24 * 3600)
         ca = base64.b64encode(self.ca_file.read_bytes()).decode()
         cfg = {
             "apiVersion": "v1",

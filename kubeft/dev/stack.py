@@ -172,7 +172,7 @@ def minio_role_arn(client_id: str, region: str = "") -> str:
     MinIO derives it from the client ID (internal/config/identity/openid/openid.go: the resource ID
     is base64url(sha1(client ID)), no padding), so it is stable across restarts and computable here.
     """
-    digest = base64.urlsafe_b64encode(hashlib.sha1(client_id.encode()).digest()).rstrip(b"=").decode()  # noqa: S324
+    digest = base64.urlsafe_b64encode(hashlib.sha1(client_id.encode()).digest()).rstrip(b"=").decode()
     return f"arn:minio:iam:{region}::role/{digest}"
 
 

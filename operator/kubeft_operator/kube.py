@@ -27,7 +27,7 @@ from kubeft import profile as profiles
 from kubeft.kubeapi import create_or_replace
 
 from . import conditions as cond
-from . import exportcheck, modelconfig, resources
+from . import exportcheck, modelconfig, resources, storageauth
 from . import placement as pl
 from .api import FineTuneJob
 from .reconcile import Decision, Inputs, Observed, PodState, TrainerJob, WorkloadState, iso
@@ -193,13 +193,23 @@ class Kube:
     def delete_run_objects(self, job: FineTuneJob, settings: Settings) -> tuple[str, int]:
         """Deletes the job run's checkpoints and artifacts (spec.cleanup: Delete): (where, how many).
 
-        Raises LookupError when the storage Secret is gone (nothing can be deleted without it).
+        Raises LookupError when the storage Secret is gone, or STS refuses a web-identity job's
+        token (nothing can be deleted without credentials).
         """
-        name = job.spec.storage.credentials_secret or ""
-        secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
-        if secret is None:
-            raise LookupError(f"storage.credentialsSecret {name!r} is gone from namespace {job.namespace}")
-        creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.data or {}).items()}
+        if resources.uses_web_identity(job):
+            try:
+                creds = storageauth.credentials(self.core, job, settings)
+            except storageauth.StorageIdentityError as exc:
+                raise LookupError(str(exc)) from exc
+        else:
+            name = job.spec.storage.credentials_secret or ""
+            secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
+            if secret is None:
+                raise LookupError(
+                    f"storage.credentialsSecret {name!r} is gone from namespace {job.namespace}"
+                )
+            data = secret.data or {}
+            creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
         bucket = job.spec.storage.bucket or settings.default_bucket
         prefix = contract.job_prefix(job.namespace, job.name, job.uid) + "/"
         count = modelconfig.delete_prefix(
@@ -209,32 +219,16 @@ class Kube:
             bucket,
             prefix,
             settings.model_config_timeout_seconds,
+            creds.get("sessionToken"),
         )
         return f"s3://{bucket}/{prefix}", count
 
     def inputs(self, job: FineTuneJob, settings: Settings) -> Inputs:
         """Credentials check, model shape and GPU classes, for placing a pod."""
-        secret_name = job.spec.storage.credentials_secret
-        if not secret_name:  # the CRD requires it; an object from before that rule may lack it
-            return Inputs(
-                invalid_reason=cond.INVALID_SPEC,
-                invalid_message="spec.storage.credentialsSecret is required (the Secret with the keys)",
-            )
-        secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
-        if secret is None:
-            return Inputs(
-                invalid_reason=cond.SECRET_NOT_FOUND,
-                invalid_message=(
-                    f"storage.credentialsSecret {secret_name!r} not found in namespace {job.namespace}"
-                ),
-            )
-        data = secret.data or {}
-        missing = [k for k in (contract.SECRET_ACCESS_KEY, contract.SECRET_SECRET_KEY) if k not in data]
-        if missing:
-            return Inputs(
-                invalid_reason=cond.SECRET_KEY_MISSING,
-                invalid_message=f"Secret {secret_name!r} has no key {' or '.join(missing)}",
-            )
+        found = self._storage_credentials(job, settings)
+        if isinstance(found, Inputs):
+            return found
+        creds = found
         for claim, fields in resources.source_claims(job).items():
             if _get_or_none(self.core.read_namespaced_persistent_volume_claim, claim, job.namespace) is None:
                 return Inputs(
@@ -244,7 +238,6 @@ class Kube:
                         f"{job.namespace}; the job waits for it"
                     ),
                 )
-        creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
         try:
             shape = modelconfig.model_shape(
                 job.spec,
@@ -271,8 +264,45 @@ class Kube:
                 field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
             ).items
         classes = pl.gpu_classes(pl.gpu_nodes(nodes, bound))
-        hf_token = contract.SECRET_HF_TOKEN in data
+        hf_token = contract.SECRET_HF_TOKEN in creds and "identity" not in creds
         return Inputs(classes=classes, shape=shape, has_hf_token=hf_token, queue=queue)
+
+    def _storage_credentials(self, job: FineTuneJob, settings: Settings) -> dict[str, str] | Inputs:
+        """The job's storage credentials as the operator may use them, or why there are none.
+
+        A Secret's keys when it names one; else (spec.storage.roleArn) the role's session keys for the
+        job's own ServiceAccount token, through STS (storageauth).
+        """
+        secret_name = job.spec.storage.credentials_secret
+        if not secret_name and resources.uses_web_identity(job):
+            try:
+                return storageauth.credentials(self.core, job, settings)
+            except storageauth.StorageIdentityError as exc:
+                return Inputs(invalid_reason=cond.WEB_IDENTITY_REFUSED, invalid_message=str(exc))
+        if not secret_name:  # the admission policy requires one; an object from before it may lack both
+            return Inputs(
+                invalid_reason=cond.INVALID_SPEC,
+                invalid_message=(
+                    "spec.storage.credentialsSecret or spec.storage.roleArn is required (the Secret with "
+                    "the keys, or the role the job's ServiceAccount token is exchanged for)"
+                ),
+            )
+        secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
+        if secret is None:
+            return Inputs(
+                invalid_reason=cond.SECRET_NOT_FOUND,
+                invalid_message=(
+                    f"storage.credentialsSecret {secret_name!r} not found in namespace {job.namespace}"
+                ),
+            )
+        data = secret.data or {}
+        missing = [k for k in (contract.SECRET_ACCESS_KEY, contract.SECRET_SECRET_KEY) if k not in data]
+        if missing:
+            return Inputs(
+                invalid_reason=cond.SECRET_KEY_MISSING,
+                invalid_message=f"Secret {secret_name!r} has no key {' or '.join(missing)}",
+            )
+        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
 
     def ensure_profile_binding(self, profile_name: str, uid: str) -> None:
         """Creates (or replaces) the admission policy binding of one FineTuneProfile."""
