@@ -63,7 +63,17 @@ log = logging.getLogger("kubeft.podrunner")
 
 RUN_COMPONENTS = (contract.COMPONENT_TRAINER, contract.COMPONENT_OPERATOR)
 SELECTOR = f"{contract.LABEL_COMPONENT} in ({','.join(RUN_COMPONENTS)})"
-PASS_ENV = ("LANG", "LC_ALL", "TMPDIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "TZ")
+# PYTHONPATH: pods run the code the runner runs (a worktree beside the venv's editable install)
+PASS_ENV = (
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "OMP_NUM_THREADS",
+    "TZ",
+    "PYTHONPATH",
+)
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
