@@ -34,17 +34,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def keyless_namespace(stack: Any, api_client: Any, kubeft_crds: list[str]) -> Iterator[str]:
-    """A namespace with a LocalQueue and an operator release watching it, and no Secret."""
+    """A namespace with a LocalQueue and no Secret, watched by an operator release that lives in a
+    namespace of its own (Helm keeps its release record in a Secret there)."""
     ns = f"wid-{uuid.uuid4().hex[:8]}"
     demo.upload_inputs(stack)
     core = client.CoreV1Api(api_client)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     wait_for_service_account(api_client, ns)
     queues.ensure_local_queue(api_client, ns)
-    release = f"kubeft-{ns}"
+    release, operator_ns = f"kubeft-{ns}", f"{ns}-operator"
     helm = [str(stack.bin_dir / "helm"), "--kubeconfig", str(stack.kubeconfig)]
     subprocess.run(
-        [*helm, "upgrade", "--install", release, str(REPO / "charts" / "kubeft"), "--namespace", ns,
+        [*helm, "upgrade", "--install", release, str(REPO / "charts" / "kubeft"), "--namespace", operator_ns,
+         "--create-namespace",
          "--set", f"watchNamespaces={{{ns}}}", "--set", f"storage.endpoint={stack.minio_endpoint}",
          "--set", f"storage.bucket={demo.OUTPUT_BUCKET}",
          "--set", f"storage.webIdentity.audience={stack.web_identity_audience}",
@@ -63,9 +65,10 @@ def keyless_namespace(stack: Any, api_client: Any, kubeft_crds: list[str]) -> It
     ):
         time.sleep(0.5)
     subprocess.run(
-        [*helm, "uninstall", release, "--namespace", ns, "--wait"], check=False, capture_output=True
+        [*helm, "uninstall", release, "--namespace", operator_ns, "--wait"], check=False, capture_output=True
     )
     core.delete_namespace(ns)
+    core.delete_namespace(operator_ns)
 
 
 def keyless(name: str, role_arn: str) -> dict[str, Any]:
