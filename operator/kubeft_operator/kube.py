@@ -194,12 +194,15 @@ class Kube:
         """Deletes the job run's checkpoints and artifacts (spec.cleanup: Delete): (where, how many).
 
         Raises LookupError when the storage Secret is gone, or STS refuses a web-identity job's
-        token (nothing can be deleted without credentials).
+        token (nothing can be deleted without credentials); an STS that cannot be reached raises
+        StorageIdentityError (the caller retries).
         """
         if resources.uses_web_identity(job):
             try:
                 creds = storageauth.credentials(self.core, job, settings)
             except storageauth.StorageIdentityError as exc:
+                if not exc.permanent:
+                    raise
                 raise LookupError(str(exc)) from exc
         else:
             name = job.spec.storage.credentials_secret or ""

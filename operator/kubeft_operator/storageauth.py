@@ -32,7 +32,16 @@ _providers: dict[tuple[str, str, str, str, str], webidentity.WebIdentityProvider
 
 
 class StorageIdentityError(RuntimeError):
-    """The job's identity could not be turned into storage keys; the message is for its condition."""
+    """The job's identity could not be turned into storage keys; the message is for its condition.
+
+    ``permanent``: STS refused (asking again gets the same answer until someone fixes the role, its
+    trust or the audience); otherwise it could not be asked (unreachable, the API server refused a
+    token).
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def identity(job: FineTuneJob, settings: Settings) -> str:
@@ -106,7 +115,8 @@ def credentials(core: client.CoreV1Api, job: FineTuneJob, settings: Settings) ->
     except webidentity.WebIdentityError as exc:
         raise StorageIdentityError(
             f"{exc}; check spec.storage.roleArn and that the role trusts this cluster's "
-            f"service-account issuer for audience {audience!r} (the operator's webIdentityAudience)"
+            f"service-account issuer for audience {audience!r} (the operator's webIdentityAudience)",
+            permanent=exc.permanent,
         ) from exc
     return {
         "accessKey": creds.access_key,
