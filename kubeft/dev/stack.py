@@ -858,6 +858,44 @@ def _ca_tls() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(STATE / "pki" / "ca.crt"))
 
 
+def _proc_strings(pid: int | None, what: str) -> list[str]:
+    """A process's command line or environment (``what``: cmdline, environ) as strings."""
+    if pid is None:
+        return []
+    try:
+        raw = Path(f"/proc/{pid}/{what}").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _web_identity_wired() -> bool:
+    """The running API server is the service-account issuer and MinIO's STS trusts it (see
+    `_argv`); a stack started by code from before that lacks both."""
+    api_argv, _ = _argv("kube-apiserver")
+    _, minio_env = _argv("minio")
+    issuer_flags = [a for a in api_argv if a.startswith("--service-account-")]
+    running_api = _proc_strings(_pid("kube-apiserver"), "cmdline")
+    running_minio = _proc_strings(_pid("minio"), "environ")
+    openid = [f"{k}={v}" for k, v in minio_env.items() if k.startswith("MINIO_IDENTITY_OPENID_")]
+    return all(f in running_api for f in issuer_flags) and all(e in running_minio for e in openid)
+
+
+def _restart_for_web_identity() -> None:
+    """A running stack without the web-identity wiring gets its API server and MinIO restarted with
+    it (their data stays; tokens of the old issuer stay valid, it is still accepted)."""
+    if _web_identity_wired():
+        return
+    log.warning(
+        "the running stack predates its service-account issuer wiring: restarting kube-apiserver and minio"
+    )
+    stop_component("kube-apiserver")
+    start_component("kube-apiserver")
+    _allow_oidc_discovery()
+    stop_component("minio")
+    start_component("minio")
+
+
 def _restart_stale_podrunner() -> None:
     """A developer edited the pod runner: the running one would keep the old behaviour."""
     recorded = STATE / "podrunner.code"
@@ -920,10 +958,12 @@ def up() -> StackInfo:
     """Brings the whole stack up and returns where it is; a no-op when it already runs."""
     if is_running():
         log.info("local stack already running (%s)", STATE)
+        _restart_for_web_identity()
         _restart_stale_podrunner()
         _refresh_prometheus_config()
         return info()
     if _start_addons(info()):
+        _restart_for_web_identity()
         _restart_stale_podrunner()
         _refresh_prometheus_config()
         return info()
