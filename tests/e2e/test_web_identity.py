@@ -166,6 +166,9 @@ def test_a_token_of_another_audience_is_refused_by_the_sts_with_its_reason(
     body["metadata"].update(namespace=keyless_namespace, uid=str(uuid.uuid4()))
     job = FineTuneJob.from_body(body)
     core = client.CoreV1Api(api_client)
+    # the job's trainer ServiceAccount (the operator makes it owned by the job; this job is not stored)
+    sa = client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="other-audience-trainer"))
+    core.create_namespaced_service_account(keyless_namespace, sa)
     settings = Settings(default_storage_endpoint=stack.minio_endpoint, web_identity_audience="not-the-sts")
     storageauth.clear_cache()
     with pytest.raises(storageauth.StorageIdentityError) as info:
