@@ -589,7 +589,7 @@ def test_cleanup_delete_removes_the_runs_objects_with_the_job_and_retain_keeps_t
 
 
 def test_the_trainer_pod_passes_pod_security_restricted_enforced_by_the_apiserver(
-    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any, stack: Any
 ) -> None:
     ns = jobs.ns
     labels = {
@@ -608,9 +608,16 @@ def test_the_trainer_pod_passes_pod_security_restricted_enforced_by_the_apiserve
     with run_operator() as runner:
         jobs.create(ftj.job_manifest("restricted"))
         (pod,) = ftj.wait_for(lambda: job_pods(core_v1, ns, "restricted"), what="the trainer pod admitted")
+        # web identity (no Secret): its projected token volume is allowed under restricted too
+        keyless = {"bucket": "kubeft", "roleArn": stack.web_identity_role_arn}
+        jobs.create(ftj.job_manifest("restricted-keyless", storage=keyless))
+        (wid,) = ftj.wait_for(
+            lambda: job_pods(core_v1, ns, "restricted-keyless"), what="the web-identity trainer pod admitted"
+        )
     assert runner.exception is None
     assert pod.spec.security_context.run_as_non_root
     assert pod.spec.containers[0].security_context.capabilities.drop == ["ALL"]
+    assert any(v.projected is not None for v in wid.spec.volumes)
 
 
 def test_a_model_config_read_with_one_tenants_keys_is_not_vouched_for_anothers(
