@@ -71,6 +71,7 @@ class StorageDefaults(_Model):
     endpoint: str | None = None
     bucket: str | None = None
     credentials_secret: str | None = None
+    role_arn: str | None = None  # web identity: the role the trainer's token is exchanged for
 
 
 class Defaults(_Model):
@@ -123,10 +124,14 @@ class Profile(_Model):
         out = copy.deepcopy(dict(spec))
         d = self.defaults
         storage = out.setdefault("storage", {})
+        # a job that names its own credentials (a Secret or a role) keeps them: the profile's other
+        # kind is not added beside them
+        own_credentials = bool(storage.get("credentialsSecret") or storage.get("roleArn"))
         for key, value in (
             ("endpoint", d.storage.endpoint),
             ("bucket", d.storage.bucket),
-            ("credentialsSecret", d.storage.credentials_secret),
+            ("credentialsSecret", None if own_credentials else d.storage.credentials_secret),
+            ("roleArn", None if own_credentials else d.storage.role_arn),
         ):
             if value and not storage.get(key):
                 storage[key] = value

@@ -48,6 +48,8 @@ METHODS: Final[tuple[str, ...]] = typing.get_args(Method)
 OPTIMIZERS: Final[tuple[str, ...]] = typing.get_args(Optimizer)
 BUCKET_PATTERN: Final = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
 SECRET_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# an IAM role: arn:aws:iam::123456789012:role/name on AWS, arn:minio:iam:::role/<id> on MinIO
+ROLE_ARN_PATTERN: Final = r"^arn:[a-z0-9-]+:iam:[a-z0-9-]*:[0-9]*:role/[!-~]+$"
 # <registry host[:port]>/<path>, no tag or digest: each export is tagged <job>-<format>
 OCI_REPOSITORY_PATTERN: Final = (
     r"^[A-Za-z0-9-]+([.][A-Za-z0-9-]+)*(:[0-9]{1,5})?(/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*)+$"
@@ -222,6 +224,18 @@ class StorageSpec(_Model):
     credentials_secret: str | None = Field(
         default=None, min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN
     )
+    # no Secret: the trainer's ServiceAccount token is exchanged through STS for this role's keys
+    # (AssumeRoleWithWebIdentity: EKS's IRSA, MinIO's OpenID STS)
+    role_arn: str | None = Field(default=None, min_length=1, max_length=2048, pattern=ROLE_ARN_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> StorageSpec:
+        if self.credentials_secret and self.role_arn:
+            raise ValueError(
+                "credentialsSecret and roleArn: name one (static keys from a Secret, or a role assumed "
+                "with the job's ServiceAccount token)"
+            )
+        return self
 
 
 class CheckpointSpec(_Model):

@@ -8,9 +8,12 @@ as a local process, the way a kubelet would:
 - env: literal values, secretKeyRef / configMapKeyRef (optional honoured), fieldRef
   (metadata.name/namespace/uid, spec.nodeName, spec.serviceAccountName, status.podIP);
 - volumes: configMap, secret, emptyDir and projected (serviceAccountToken, configMap, secret,
-  downwardAPI fields) volumes are materialised under the pod's directory; a persistentVolumeClaim
-  is the directory of the hostPath or local PersistentVolume it is bound to (read-only is only
-  enforced under a read-only root filesystem, below); the pod's mounts are mirrored
+  downwardAPI fields) volumes are materialised under the pod's directory (a projected token comes
+  from the TokenRequest API for the pod's ServiceAccount, bound to the pod, with the source's
+  audience and expirationSeconds, and is rewritten once 80% of its lifetime has passed, as a
+  kubelet does); a persistentVolumeClaim is the directory of the hostPath or local PersistentVolume
+  it is bound to (read-only is only enforced under a read-only root filesystem, below); the pod's
+  mounts are mirrored
   under its directory, and env values that point into a mount path, or into a directory
   that holds mounts, are rewritten to that mirror;
 - the pod's ServiceAccount: a bound token from the TokenRequest API, handed over as a
@@ -67,7 +70,17 @@ log = logging.getLogger("kubeft.podrunner")
 RUN_COMPONENTS = (contract.COMPONENT_TRAINER, contract.COMPONENT_OPERATOR)
 # pods labelled kubeft.io/simulate are kwok's to play (bench/scale), not run here
 SELECTOR = f"{contract.LABEL_COMPONENT} in ({','.join(RUN_COMPONENTS)}),!{contract.LABEL_SIMULATE}"
-PASS_ENV = ("LANG", "LC_ALL", "TMPDIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "TZ")
+# PYTHONPATH: pods run the code the runner runs (a worktree beside the venv's editable install)
+PASS_ENV = (
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "OMP_NUM_THREADS",
+    "TZ",
+    "PYTHONPATH",
+)
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 ROOTFS = Path(__file__).with_name("rootfs.py")  # started by path: it imports nothing of kubeft
 DEFAULT_TOKEN_SECONDS = 24 * 3600  # the automounted token (a kubelet's is renewed; this one is not)
@@ -124,6 +137,17 @@ class Running:
     scrape_target: str | None = None
     deleting: bool = field(default=False)
     dns_name: str | None = None  # <hostname>.<subdomain>.<namespace>.svc
+    tokens: list[ProjectedToken] = field(default_factory=list)
+
+
+@dataclass
+class ProjectedToken:
+    """A projected serviceAccountToken file and when the runner rewrites it."""
+
+    path: Path
+    audience: str | None
+    expiration_seconds: int
+    refresh_at: float = 0.0  # time.monotonic()
 
 
 class _NotYet(Exception):
@@ -182,6 +206,7 @@ class PodRunner:
         for uid in list(self.running):
             if uid not in seen:  # deleted while we weren't looking
                 self._terminate(uid, 0)
+        self._refresh_tokens({p.metadata.uid: p for p in pods})
 
     # --- start ------------------------------------------------------------
     def _start(self, pod: Any) -> None:
@@ -189,9 +214,10 @@ class PodRunner:
         workdir = self.state_dir / "pods" / f"{ns}_{name}_{uid[:8]}"
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
+        tokens: list[ProjectedToken] = []
         try:
             container = pod.spec.containers[0]
-            mounts = self._materialise_volumes(pod, container, workdir)
+            mounts = self._materialise_volumes(pod, container, workdir, tokens)
             env, targets, ports = self._env(pod, container, workdir, mounts)
             argv = [*(container.command or []), *(container.args or [])]
             if not argv:
@@ -226,6 +252,7 @@ class PodRunner:
         logfile.close()
         run = Running(uid, ns, name, proc, workdir, _now(), Path(env[contract.ENV_TERMINATION_LOG]))
         run.dns_name = _dns_name(pod)
+        run.tokens = tokens
         if run.dns_name:
             self.endpoints[run.dns_name] = ports
         if targets:
@@ -238,8 +265,13 @@ class PodRunner:
         self._patch_status(ns, name, self._running_status(pod, run))
         threading.Thread(target=self._wait, args=(pod, run), daemon=True).start()
 
-    def _materialise_volumes(self, pod: Any, container: Any, workdir: Path) -> dict[str, Path]:
-        """mountPath → local directory, for configMap, secret, emptyDir, PVC and the SA token volume."""
+    def _materialise_volumes(
+        self, pod: Any, container: Any, workdir: Path, tokens: list[ProjectedToken]
+    ) -> dict[str, Path]:
+        """mountPath → local directory, for configMap, secret, emptyDir, projected and PVC volumes.
+
+        ``tokens`` gets the projected serviceAccountToken files (written here; refreshed by sync).
+        """
         sources: dict[str, Path] = {}
         for vol in pod.spec.volumes or []:
             if vol.persistent_volume_claim is not None:
@@ -257,7 +289,7 @@ class PodRunner:
                 data = self._secret(pod, vol.secret.secret_name, vol.secret.optional)
                 self._write_items(local, data, vol.secret.items)
             elif vol.projected is not None:
-                self._write_projected(pod, local, vol.projected)
+                self._write_projected(pod, local, vol.projected, tokens)
             sources[vol.name] = local
         mounts: dict[str, Path] = {}
         for m in container.volume_mounts or []:
@@ -265,13 +297,15 @@ class PodRunner:
                 mounts[m.mount_path.rstrip("/")] = sources[m.name] / (m.sub_path or "")
         return mounts
 
-    def _write_projected(self, pod: Any, local: Path, projected: Any) -> None:
-        """A projected volume's files: a ServiceAccount token, ConfigMap/Secret items, pod fields."""
+    def _write_projected(self, pod: Any, local: Path, projected: Any, tokens: list[ProjectedToken]) -> None:
+        """A projected volume's files: a ServiceAccount token (``tokens`` gets it: sync refreshes
+        it), ConfigMap/Secret items, pod fields."""
         for src in projected.sources or []:
             if src.service_account_token is not None:
                 t = src.service_account_token
-                token = self._token(pod, [t.audience] if t.audience else [], t.expiration_seconds or 3600)
-                self._write_items(local, {t.path: token.encode()}, None)
+                token = ProjectedToken(local / t.path, t.audience, t.expiration_seconds or 3600)
+                self._write_token(pod, token)
+                tokens.append(token)
             elif src.config_map is not None:
                 data = self._config_map(pod, src.config_map.name, src.config_map.optional)
                 self._write_items(local, data, src.config_map.items)
@@ -323,6 +357,32 @@ class PodRunner:
         writable.append(str(log_file))
         args = [arg for w in writable for arg in ("--writable", w)]
         return [*_unshare_argv(), sys.executable, str(ROOTFS), *args, "--", *cmd]
+
+    def _write_token(self, pod: Any, token: ProjectedToken) -> None:
+        """A bound token for the pod's ServiceAccount into ``token.path`` (atomically, as a kubelet)."""
+        expiry = token.expiration_seconds
+        value = self._token(pod, [token.audience] if token.audience else [], expiry)
+        token.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = token.path.with_name(f".{token.path.name}.tmp")
+        tmp.write_text(value)
+        tmp.chmod(0o600)
+        tmp.rename(token.path)
+        token.refresh_at = time.monotonic() + 0.8 * expiry  # the kubelet's rule: at 80% of the TTL
+
+    def _refresh_tokens(self, pods: dict[str, Any]) -> None:
+        """Rewrites the projected tokens of running pods that are due."""
+        now = time.monotonic()
+        with self.lock:
+            runs = list(self.running.values())
+        for run in runs:
+            pod = pods.get(run.uid)
+            for token in run.tokens:
+                if pod is not None and not run.deleting and now >= token.refresh_at:
+                    try:
+                        self._write_token(pod, token)
+                        log.info("pod %s/%s: refreshed token %s", run.namespace, run.name, token.path)
+                    except Exception:
+                        log.exception("pod %s/%s: token refresh failed; retrying", run.namespace, run.name)
 
     def _claim_dir(self, pod: Any, claim: str) -> Path:
         """The directory of the hostPath/local PersistentVolume a claim is bound to."""

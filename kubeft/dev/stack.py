@@ -75,6 +75,14 @@ SERVICE_CIDR = "10.96.0.0/16"
 MINIO_ACCESS_KEY = "kubeft"
 MINIO_SECRET_KEY = "kubeft-local-secret"  # loopback-only dev stack; not a product credential
 SCRAPE_INTERVAL = "2s"
+# Storage without static keys: the API server is its own service-account issuer (OIDC discovery and
+# JWKS served by it, readable anonymously), and MinIO trusts that issuer for STS
+# AssumeRoleWithWebIdentity. The token audience is MinIO's OpenID client ID; EKS's IRSA uses the same one.
+SA_ISSUER = f"https://{HOST}:{PORTS['kube-apiserver']}"
+LEGACY_SA_ISSUER = "https://kubernetes.default.svc.cluster.local"  # still accepted, no longer minted
+WEB_IDENTITY_AUDIENCE = "sts.amazonaws.com"
+WEB_IDENTITY_POLICY = "readwrite"  # MinIO's canned policy: what a web-identity session may do
+OIDC_DISCOVERY_BINDING = "kubeft-oidc-discovery-anonymous"
 # The registry's one user (basic auth). Distribution reads bcrypt hashes only; this is the hash of
 # REGISTRY_PASSWORD (cost 10), computed once, so starting the stack needs no bcrypt library.
 REGISTRY_USER = "kubeft"
@@ -120,6 +128,12 @@ class StackInfo:
     registry: str = f"{HOST}:{PORTS['registry']}"  # host:port, plain HTTP
     registry_user: str = REGISTRY_USER
     registry_password: str = REGISTRY_PASSWORD
+    web_identity_audience: str = WEB_IDENTITY_AUDIENCE
+
+    @property
+    def web_identity_role_arn(self) -> str:
+        """The role a web-identity session assumes on this stack's MinIO (see :func:`minio_role_arn`)."""
+        return minio_role_arn(self.web_identity_audience)
 
     def registry_auth(self, user: str | None = None, password: str | None = None) -> str:
         """A ``.dockerconfigjson`` document for the stack's registry (its own user, or the one given)."""
@@ -151,6 +165,16 @@ class StackInfo:
 
     def remove_scrape_target(self, name: str) -> None:
         (self.prometheus_targets_dir / f"{name}.json").unlink(missing_ok=True)
+
+
+def minio_role_arn(client_id: str, region: str = "") -> str:
+    """The role ARN MinIO gives an OpenID provider with a role policy.
+
+    MinIO derives it from the client ID (internal/config/identity/openid/openid.go: the resource ID
+    is base64url(sha1(client ID)), no padding), so it is stable across restarts and computable here.
+    """
+    digest = base64.urlsafe_b64encode(hashlib.sha1(client_id.encode()).digest()).rstrip(b"=").decode()
+    return f"arn:minio:iam:{region}::role/{digest}"
 
 
 def info() -> StackInfo:
@@ -655,7 +679,10 @@ def _argv(name: str) -> tuple[list[str], dict[str, str]]:
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            # the first issuer mints tokens; discovery (/.well-known/openid-configuration) names it
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-issuer={LEGACY_SA_ISSUER}",
+            f"--service-account-jwks-uri={SA_ISSUER}/openid/v1/jwks",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
@@ -707,6 +734,7 @@ def _argv(name: str) -> tuple[list[str], dict[str, str]]:
             str(BIN / "minio"),
             "server",
             str(STATE / "minio"),
+            f"--certs-dir={STATE / 'minio-certs'}",  # CAs/: the API server's CA, for OIDC discovery
             f"--address={HOST}:{p['minio']}",
             f"--console-address={HOST}:{p['minio-console']}",
             "--quiet",
@@ -715,6 +743,12 @@ def _argv(name: str) -> tuple[list[str], dict[str, str]]:
             "MINIO_ROOT_PASSWORD": MINIO_SECRET_KEY,
             "MINIO_UPDATE": "off",
             "MINIO_BROWSER": "off",
+            # STS AssumeRoleWithWebIdentity: tokens of the API server's service-account issuer
+            # (audience = client ID) get the role policy
+            "MINIO_IDENTITY_OPENID_CONFIG_URL": f"{SA_ISSUER}/.well-known/openid-configuration",
+            "MINIO_IDENTITY_OPENID_CLIENT_ID": WEB_IDENTITY_AUDIENCE,
+            "MINIO_IDENTITY_OPENID_ROLE_POLICY": WEB_IDENTITY_POLICY,
+            "MINIO_IDENTITY_OPENID_DISPLAY_NAME": "kube-apiserver service accounts",
         }
     if name == "prometheus":
         prom = STATE / "prometheus"
@@ -788,11 +822,103 @@ def start_component(name: str, timeout: float = 120.0) -> None:
             _prepare_kueue()
         if name == "registry":
             _prepare_registry()
+        if name == "minio":
+            _prepare_minio_certs()
         argv, env = _argv(name)
         _start(name, argv, env)
         if name == "podrunner":
             (STATE / "podrunner.code").write_text(_podrunner_code())
     _wait(name, _health(name), timeout)
+
+
+def _prepare_minio_certs() -> None:
+    """MinIO's certs directory: only CAs/ (it serves plain HTTP), holding the API server's CA so that
+    it can fetch the service-account issuer's discovery document and JWKS over HTTPS."""
+    cas = STATE / "minio-certs" / "CAs"
+    cas.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(STATE / "pki" / "ca.crt", cas / "kubeft-local-ca.crt")
+
+
+def _allow_oidc_discovery() -> None:
+    """Anonymous read of the issuer's /.well-known/openid-configuration and /openid/v1/jwks.
+
+    The bootstrap ClusterRole system:service-account-issuer-discovery grants exactly those two
+    paths; by default only service accounts hold it. An STS (MinIO here, AWS IAM on EKS) fetches
+    them without credentials, as the Kubernetes documentation's service-account issuer discovery
+    section describes.
+    """
+    from kubernetes import client
+
+    from kubeft.kubeapi import create_or_replace
+
+    rbac = client.RbacAuthorizationV1Api(_api_client(info()))
+    body = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": OIDC_DISCOVERY_BINDING},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:service-account-issuer-discovery",
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:unauthenticated"}
+        ],
+    }
+    create_or_replace(
+        rbac.create_cluster_role_binding,
+        rbac.read_cluster_role_binding,
+        rbac.replace_cluster_role_binding,
+        body,
+    )
+    _wait(
+        "kube-apiserver",
+        lambda: _http_ok(f"{SA_ISSUER}/.well-known/openid-configuration", _ca_tls()),
+        timeout=30,
+    )
+
+
+def _ca_tls() -> ssl.SSLContext:
+    """TLS trusting the stack's CA, without a client certificate (an anonymous client)."""
+    return ssl.create_default_context(cafile=str(STATE / "pki" / "ca.crt"))
+
+
+def _proc_strings(pid: int | None, what: str) -> list[str]:
+    """A process's command line or environment (``what``: cmdline, environ) as strings."""
+    if pid is None:
+        return []
+    try:
+        raw = Path(f"/proc/{pid}/{what}").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _web_identity_wired() -> bool:
+    """The running API server is the service-account issuer and MinIO's STS trusts it (see
+    `_argv`); a stack started by code from before that lacks both."""
+    api_argv, _ = _argv("kube-apiserver")
+    _, minio_env = _argv("minio")
+    issuer_flags = [a for a in api_argv if a.startswith("--service-account-")]
+    running_api = _proc_strings(_pid("kube-apiserver"), "cmdline")
+    running_minio = _proc_strings(_pid("minio"), "environ")
+    openid = [f"{k}={v}" for k, v in minio_env.items() if k.startswith("MINIO_IDENTITY_OPENID_")]
+    return all(f in running_api for f in issuer_flags) and all(e in running_minio for e in openid)
+
+
+def _restart_for_web_identity() -> None:
+    """A running stack without the web-identity wiring gets its API server and MinIO restarted with
+    it (their data stays; tokens of the old issuer stay valid, it is still accepted)."""
+    if _web_identity_wired():
+        return
+    log.warning(
+        "the running stack predates its service-account issuer wiring: restarting kube-apiserver and minio"
+    )
+    stop_component("kube-apiserver")
+    start_component("kube-apiserver")
+    _allow_oidc_discovery()
+    stop_component("minio")
+    start_component("minio")
 
 
 def _restart_stale_podrunner() -> None:
@@ -857,11 +983,13 @@ def up() -> StackInfo:
     """Brings the whole stack up and returns where it is; a no-op when it already runs."""
     if is_running():
         log.info("local stack already running (%s)", STATE)
+        _restart_for_web_identity()
         _restart_stale_podrunner()
         _refresh_kwok_config()
         _refresh_prometheus_config()
         return info()
     if _start_addons(info()):
+        _restart_for_web_identity()
         _restart_stale_podrunner()
         _refresh_prometheus_config()
         return info()
@@ -879,6 +1007,8 @@ def up() -> StackInfo:
     t0 = time.monotonic()
     for name in COMPONENTS:
         start_component(name)
+        if name == "kube-apiserver":
+            _allow_oidc_discovery()  # before MinIO, which reads the discovery document at start
         log.info("%-24s healthy (%.1fs)", name, time.monotonic() - t0)
     stack = info()
     api = _api_client(stack)

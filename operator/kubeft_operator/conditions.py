@@ -30,6 +30,8 @@ DATASET_NOT_FOUND: Final = "DatasetNotFound"  # an s3:// dataset that does not e
 DATASET_UNAVAILABLE: Final = "DatasetUnavailable"  # storage could not be asked
 CLAIM_NOT_FOUND: Final = "ClaimNotFound"  # the PersistentVolumeClaim of a pvc:// source does not exist
 SECRET_KEY_MISSING: Final = "SecretKeyMissing"
+# web identity: STS refused the job's ServiceAccount token for spec.storage.roleArn (or is unreachable)
+WEB_IDENTITY_REFUSED: Final = "WebIdentityRefused"
 GPU_FITS: Final = "GPUFits"
 INSUFFICIENT_GPU_MEMORY: Final = "InsufficientGPUMemory"
 NO_GPU_NODES: Final = "NoGPUNodes"
@@ -64,6 +66,7 @@ NEEDS_INTERVENTION: Final = frozenset(
         INVALID_SPEC,
         SECRET_NOT_FOUND,
         SECRET_KEY_MISSING,
+        WEB_IDENTITY_REFUSED,
         INSUFFICIENT_GPU_MEMORY,
         NO_GPU_NODES,
         PROFILE_VIOLATION,

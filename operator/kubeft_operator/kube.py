@@ -28,7 +28,7 @@ from kubeft import profile as profiles
 from kubeft.kubeapi import create_or_replace
 
 from . import conditions as cond
-from . import endpoints, exportcheck, metrics, modelconfig, resources
+from . import endpoints, exportcheck, metrics, modelconfig, resources, storageauth
 from . import placement as pl
 from .api import FineTuneJob
 from .informers import Cache
@@ -236,24 +236,37 @@ class Kube:
     def delete_run_objects(self, job: FineTuneJob, settings: Settings) -> tuple[str, int]:
         """Deletes the job run's checkpoints and artifacts (spec.cleanup: Delete): (where, how many).
 
-        Raises LookupError when the storage Secret is gone (nothing can be deleted without it), or
-        the storage endpoint is not one the operator may contact.
+        Raises LookupError when the storage Secret is gone (or not readable), STS refuses a
+        web-identity job's token (nothing can be deleted without credentials), or the storage endpoint
+        is not one the operator may contact; an STS that cannot be reached raises
+        StorageIdentityError (the caller retries).
         """
         refused = endpoints.storage_problem(job, settings)
         if refused:
             raise LookupError(refused)
-        name = job.spec.storage.credentials_secret or ""
-        try:
-            secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
-        except ApiException as exc:
-            if exc.status != 403:
-                raise
-            raise LookupError(
-                cond.secret_forbidden("storage.credentialsSecret", name, job.namespace)
-            ) from exc
-        if secret is None:
-            raise LookupError(f"storage.credentialsSecret {name!r} is gone from namespace {job.namespace}")
-        creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.data or {}).items()}
+        if resources.uses_web_identity(job):
+            try:
+                creds = storageauth.credentials(self.core, job, settings)
+            except storageauth.StorageIdentityError as exc:
+                if not exc.permanent:
+                    raise
+                raise LookupError(str(exc)) from exc
+        else:
+            name = job.spec.storage.credentials_secret or ""
+            try:
+                secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                raise LookupError(
+                    cond.secret_forbidden("storage.credentialsSecret", name, job.namespace)
+                ) from exc
+            if secret is None:
+                raise LookupError(
+                    f"storage.credentialsSecret {name!r} is gone from namespace {job.namespace}"
+                )
+            data = secret.data or {}
+            creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
         bucket = job.spec.storage.bucket or settings.default_bucket
         prefix = contract.job_prefix(job.namespace, job.name, job.uid) + "/"
         count = modelconfig.delete_prefix(
@@ -263,6 +276,7 @@ class Kube:
             bucket,
             prefix,
             settings.model_config_timeout_seconds,
+            creds.get("sessionToken"),
         )
         return f"s3://{bucket}/{prefix}", count
 
@@ -271,33 +285,10 @@ class Kube:
         refused = endpoints.problem(job, settings)  # before anything is fetched from anywhere
         if refused:
             return Inputs(invalid_reason=cond.ENDPOINT_NOT_ALLOWED, invalid_message=refused)
-        secret_name = job.spec.storage.credentials_secret
-        if not secret_name:  # the CRD requires it; an object from before that rule may lack it
-            return Inputs(
-                invalid_reason=cond.INVALID_SPEC,
-                invalid_message="spec.storage.credentialsSecret is required (the Secret with the keys)",
-            )
-        try:
-            secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
-        except ApiException as exc:
-            if exc.status != 403:
-                raise
-            text = cond.secret_forbidden("storage.credentialsSecret", secret_name, job.namespace)
-            return Inputs(invalid_reason=cond.SECRET_FORBIDDEN, invalid_message=text)
-        if secret is None:
-            return Inputs(
-                invalid_reason=cond.SECRET_NOT_FOUND,
-                invalid_message=(
-                    f"storage.credentialsSecret {secret_name!r} not found in namespace {job.namespace}"
-                ),
-            )
-        data = secret.data or {}
-        missing = [k for k in (contract.SECRET_ACCESS_KEY, contract.SECRET_SECRET_KEY) if k not in data]
-        if missing:
-            return Inputs(
-                invalid_reason=cond.SECRET_KEY_MISSING,
-                invalid_message=f"Secret {secret_name!r} has no key {' or '.join(missing)}",
-            )
+        found = self._storage_credentials(job, settings)
+        if isinstance(found, Inputs):
+            return found
+        creds = found
         for claim, fields in resources.source_claims(job).items():
             if _get_or_none(self.core.read_namespaced_persistent_volume_claim, claim, job.namespace) is None:
                 return Inputs(
@@ -307,7 +298,6 @@ class Kube:
                         f"{job.namespace}; the job waits for it"
                     ),
                 )
-        creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
         try:
             shape = modelconfig.model_shape(
                 job.spec,
@@ -338,8 +328,51 @@ class Kube:
                 ).items
             nodes = pl.gpu_nodes(self.core.list_node().items, bound)
         classes = pl.gpu_classes(nodes)
-        hf_token = contract.SECRET_HF_TOKEN in data
+        hf_token = contract.SECRET_HF_TOKEN in creds and "identity" not in creds
         return Inputs(classes=classes, shape=shape, has_hf_token=hf_token, queue=queue)
+
+    def _storage_credentials(self, job: FineTuneJob, settings: Settings) -> dict[str, str] | Inputs:
+        """The job's storage credentials as the operator may use them, or why there are none.
+
+        A Secret's keys when it names one; else (spec.storage.roleArn) the role's session keys for the
+        job's own ServiceAccount token, through STS (storageauth).
+        """
+        secret_name = job.spec.storage.credentials_secret
+        if not secret_name and resources.uses_web_identity(job):
+            try:
+                return storageauth.credentials(self.core, job, settings)
+            except storageauth.StorageIdentityError as exc:
+                return Inputs(invalid_reason=cond.WEB_IDENTITY_REFUSED, invalid_message=str(exc))
+        if not secret_name:  # the admission policy requires one; an object from before it may lack both
+            return Inputs(
+                invalid_reason=cond.INVALID_SPEC,
+                invalid_message=(
+                    "spec.storage.credentialsSecret or spec.storage.roleArn is required (the Secret with "
+                    "the keys, or the role the job's ServiceAccount token is exchanged for)"
+                ),
+            )
+        try:
+            secret = _get_or_none(self.core.read_namespaced_secret, secret_name, job.namespace)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            text = cond.secret_forbidden("storage.credentialsSecret", secret_name, job.namespace)
+            return Inputs(invalid_reason=cond.SECRET_FORBIDDEN, invalid_message=text)
+        if secret is None:
+            return Inputs(
+                invalid_reason=cond.SECRET_NOT_FOUND,
+                invalid_message=(
+                    f"storage.credentialsSecret {secret_name!r} not found in namespace {job.namespace}"
+                ),
+            )
+        data = secret.data or {}
+        missing = [k for k in (contract.SECRET_ACCESS_KEY, contract.SECRET_SECRET_KEY) if k not in data]
+        if missing:
+            return Inputs(
+                invalid_reason=cond.SECRET_KEY_MISSING,
+                invalid_message=f"Secret {secret_name!r} has no key {' or '.join(missing)}",
+            )
+        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
 
     def ensure_profile_binding(self, profile_name: str, uid: str) -> None:
         """Creates (or replaces) the admission policy binding of one FineTuneProfile."""

@@ -7,7 +7,8 @@
   before its data (a GitOps repository, a pipeline) waits with a condition instead of starting a
   GPU pod that can only fail.
 
-Results are cached per source and credentials (a digest of the Secret's keys) for a few minutes
+Results are cached per source and credentials (a digest of the Secret's keys, or a web-identity
+job's identity: its ServiceAccount, role and STS, kubeft_operator.storageauth) for a few minutes
 (the operator asks every time it places a pod, and a model's shape does not change under a fixed
 source); a missing dataset is not cached, so its upload is seen on the next tick. Keyed by the
 credentials too: what one tenant's keys could read is never vouched for another's.
@@ -41,6 +42,8 @@ def credentials_key(credentials: Mapping[str, str]) -> str:
     A result that one namespace's credentials could read is never handed to a job whose own
     credentials were not asked (another tenant, or the same one after a key rotation).
     """
+    if credentials.get("identity"):  # web identity: the keys change with every session, the identity not
+        return hashlib.sha256(credentials["identity"].encode()).hexdigest()
     text = "\0".join(f"{k}={credentials.get(k, '')}" for k in ("accessKey", "secretKey", "hfToken"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -80,7 +83,9 @@ def _parse(raw: bytes, where: str) -> est.ModelShape:
         raise ModelConfigError(f"{where}: {exc}; set spec.model.architecture to estimate anyway") from exc
 
 
-def _s3_client(endpoint: str, access_key: str, secret_key: str, timeout: float) -> Any:
+def _s3_client(
+    endpoint: str, access_key: str, secret_key: str, timeout: float, session_token: str | None = None
+) -> Any:
     """A MinIO/S3 client with short timeouts and one retry (the operator must not hang on storage)."""
     import urllib3
     from minio import Minio
@@ -94,16 +99,23 @@ def _s3_client(endpoint: str, access_key: str, secret_key: str, timeout: float) 
         url.netloc,
         access_key=access_key,
         secret_key=secret_key,
+        session_token=session_token or None,
         secure=url.scheme == "https",
         http_client=http,
     )
 
 
 def delete_prefix(
-    endpoint: str, access_key: str, secret_key: str, bucket: str, prefix: str, timeout: float
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    bucket: str,
+    prefix: str,
+    timeout: float,
+    session_token: str | None = None,
 ) -> int:
     """Deletes every object under ``prefix`` in ``bucket``; returns how many there were."""
-    client = _s3_client(endpoint, access_key, secret_key, timeout)
+    client = _s3_client(endpoint, access_key, secret_key, timeout, session_token)
     names = [o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True)]
     if names:
         from minio.deleteobjects import DeleteObject
@@ -114,11 +126,18 @@ def delete_prefix(
     return len(names)
 
 
-def read_s3(uri: str, endpoint: str, access_key: str, secret_key: str, timeout: float) -> est.ModelShape:
+def read_s3(
+    uri: str,
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    timeout: float,
+    session_token: str | None = None,
+) -> est.ModelShape:
     """config.json under an ``s3://`` model source."""
     from minio.error import S3Error
 
-    client = _s3_client(endpoint, access_key, secret_key, timeout)
+    client = _s3_client(endpoint, access_key, secret_key, timeout, session_token)
     bucket, prefix = split_s3(uri)
     key = config_key(prefix)
     where = f"s3://{bucket}/{key}"
@@ -167,7 +186,8 @@ def model_shape(
 ) -> est.ModelShape:
     """The model's architecture: ``spec.model.architecture`` if given, else its config.json.
 
-    ``credentials`` are the decoded keys of the storage Secret (accessKey, secretKey, hfToken).
+    ``credentials`` are the decoded keys of the storage Secret (accessKey, secretKey, hfToken), or a
+    web-identity job's session keys (accessKey, secretKey, sessionToken, identity).
     """
     if spec.model.architecture is not None:
         return spec.model.architecture.to_shape()
@@ -190,6 +210,7 @@ def model_shape(
             credentials.get("accessKey", ""),
             credentials.get("secretKey", ""),
             timeout,
+            credentials.get("sessionToken"),
         )
     elif source.startswith("hf://"):
         shape = read_hf(source, hf_endpoint, credentials.get("hfToken"), timeout)
@@ -249,7 +270,11 @@ def dataset_problem(
         bucket, key = split_s3(uri)
         if client is None:
             client = _s3_client(
-                endpoint, credentials.get("accessKey", ""), credentials.get("secretKey", ""), timeout
+                endpoint,
+                credentials.get("accessKey", ""),
+                credentials.get("secretKey", ""),
+                timeout,
+                credentials.get("sessionToken"),
             )
         waits = "; the job waits for it and is placed once it exists"
         try:
@@ -263,11 +288,12 @@ def dataset_problem(
                 return DatasetProblem(
                     cond.DATASET_NOT_FOUND, f"{what} {uri}: bucket {bucket} does not exist{waits}"
                 )
-            hint = (
-                " (check the credentials Secret)"
-                if exc.code in ("AccessDenied", "InvalidAccessKeyId")
-                else ""
+            check = (
+                "what the policy of spec.storage.roleArn allows"
+                if credentials.get("identity")
+                else ("the credentials Secret")
             )
+            hint = f" (check {check})" if exc.code in ("AccessDenied", "InvalidAccessKeyId") else ""
             return DatasetProblem(
                 cond.DATASET_UNAVAILABLE, f"cannot check {what} {uri} on {endpoint}: {exc.code}{hint}"
             )

@@ -3,7 +3,9 @@
 Names are deterministic (a second create of the same attempt collides instead of
 duplicating), every object carries the job's labels and a controller owner
 reference (deleting the FineTuneJob deletes them), and no builder ever sees a
-Secret's value: credentials reach the trainer through ``secretKeyRef`` only.
+Secret's value: credentials reach the trainer through ``secretKeyRef`` only, or, for a job with
+``spec.storage.roleArn`` and no Secret, as a projected ServiceAccount token that the trainer
+exchanges through STS (kubeft.webidentity).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from kubernetes import client
 
-from kubeft import contract
+from kubeft import contract, webidentity
 
 from . import exportcheck
 from .api import FineTuneJob
@@ -77,7 +79,7 @@ def _meta(job: FineTuneJob, name: str, extra: dict[str, str] | None = None) -> c
     )
 
 
-def get_service_account(job: FineTuneJob, plan: Plan) -> client.V1ServiceAccount:
+def get_service_account(job: FineTuneJob, plan: Plan | None = None) -> client.V1ServiceAccount:
     """The trainer's own identity."""
     return client.V1ServiceAccount(metadata=_meta(job, trainer_name(job)))
 
@@ -188,10 +190,29 @@ def _claim_volumes(job: FineTuneJob) -> tuple[list[client.V1Volume], list[client
     return volumes, mounts
 
 
-def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
+def uses_web_identity(job: FineTuneJob) -> bool:
+    """No credentials Secret, a role: the trainer exchanges its ServiceAccount token for keys (STS)."""
+    return not job.spec.storage.credentials_secret and bool(job.spec.storage.role_arn)
+
+
+def _storage_env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
+    """Static keys from the Secret, or the web identity chain (role, token file, STS endpoint)."""
     secret = job.spec.storage.credentials_secret
-    profile_hub = job.profile.defaults.hub_endpoint if job.profile is not None else None
-    hub = profile_hub or plan.settings.hf_endpoint
+    if uses_web_identity(job):
+        env = [
+            client.V1EnvVar(name=webidentity.ENV_ROLE_ARN, value=job.spec.storage.role_arn),
+            client.V1EnvVar(
+                name=webidentity.ENV_TOKEN_FILE, value=f"{webidentity.TOKEN_DIR}/{webidentity.TOKEN_FILE}"
+            ),
+            client.V1EnvVar(name=webidentity.ENV_SESSION_NAME, value=session_name(job)),
+        ]
+        if plan.settings.web_identity_sts_endpoint:
+            env.append(
+                client.V1EnvVar(
+                    name=webidentity.ENV_STS_ENDPOINT, value=plan.settings.web_identity_sts_endpoint
+                )
+            )
+        return env
 
     def from_secret(name: str, key: str, optional: bool = False) -> client.V1EnvVar:
         return client.V1EnvVar(
@@ -201,6 +222,49 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
             ),
         )
 
+    env = [
+        from_secret(contract.ENV_S3_ACCESS_KEY, contract.SECRET_ACCESS_KEY),
+        from_secret(contract.ENV_S3_SECRET_KEY, contract.SECRET_SECRET_KEY),
+    ]
+    if plan.has_hf_token:
+        env.append(from_secret(contract.ENV_HF_TOKEN, contract.SECRET_HF_TOKEN, optional=True))
+    return env
+
+
+def session_name(job: FineTuneJob, who: str = "trainer") -> str:
+    """The STS session name (it shows in the storage's audit log): kubeft-<who>-<namespace>-<job>."""
+    return f"kubeft-{who}-{job.namespace}-{job.name}"[:64]
+
+
+def _web_identity_volume(
+    job: FineTuneJob, plan: Plan
+) -> tuple[list[client.V1Volume], list[client.V1VolumeMount]]:
+    """The projected ServiceAccount token (the STS's audience) of a web-identity job; none otherwise."""
+    if not uses_web_identity(job):
+        return [], []
+    volume = client.V1Volume(
+        name=webidentity.TOKEN_VOLUME,
+        projected=client.V1ProjectedVolumeSource(
+            sources=[
+                client.V1VolumeProjection(
+                    service_account_token=client.V1ServiceAccountTokenProjection(
+                        audience=plan.settings.web_identity_audience,
+                        expiration_seconds=webidentity.TOKEN_SECONDS,
+                        path=webidentity.TOKEN_FILE,
+                    )
+                )
+            ]
+        ),
+    )
+    mount = client.V1VolumeMount(
+        name=webidentity.TOKEN_VOLUME, mount_path=webidentity.TOKEN_DIR, read_only=True
+    )
+    return [volume], [mount]
+
+
+def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
+    profile_hub = job.profile.defaults.hub_endpoint if job.profile is not None else None
+    hub = profile_hub or plan.settings.hf_endpoint
     env = [
         client.V1EnvVar(
             name=contract.ENV_JOB_CONFIG,
@@ -213,11 +277,8 @@ def _env(job: FineTuneJob, plan: Plan) -> list[client.V1EnvVar]:
         *writable_env(),
         # the hub (or mirror) the operator read the model config from: the profile's, else its own
         client.V1EnvVar(name=contract.ENV_HF_ENDPOINT, value=hub),
-        from_secret(contract.ENV_S3_ACCESS_KEY, contract.SECRET_ACCESS_KEY),
-        from_secret(contract.ENV_S3_SECRET_KEY, contract.SECRET_SECRET_KEY),
+        *_storage_env(job, plan),
     ]
-    if plan.has_hf_token:
-        env.append(from_secret(contract.ENV_HF_TOKEN, contract.SECRET_HF_TOKEN, optional=True))
     if source_claims(job):
         env.append(client.V1EnvVar(name=contract.ENV_PVC_ROOT, value=contract.PVC_ROOT))
     if plan.world_size > 1:
@@ -389,6 +450,7 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
         requests["memory"] = limits["memory"] = str(res.memory)
     uid = plan.settings.trainer_run_as_user
     claim_volumes, claim_mounts = _claim_volumes(job)
+    token_volumes, token_mounts = _web_identity_volume(job, plan)
     container = client.V1Container(
         name=contract.TRAINER_CONTAINER,
         image=plan.settings.trainer_image,
@@ -405,6 +467,7 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
             client.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"),
             client.V1VolumeMount(name=TOKEN_VOLUME, mount_path=contract.SA_TOKEN_DIR, read_only=True),
             *claim_mounts,
+            *token_mounts,
         ],
         termination_message_path=contract.TERMINATION_LOG,
         termination_message_policy="FallbackToLogsOnError",
@@ -470,6 +533,7 @@ def get_pod_template(job: FineTuneJob, plan: Plan) -> client.V1PodTemplateSpec:
                 ),
                 _token_volume(plan),
                 *claim_volumes,
+                *token_volumes,
             ],
         ),
     )

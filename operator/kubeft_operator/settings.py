@@ -24,6 +24,11 @@ class Settings(BaseModel):
     trainer_command: tuple[str, ...] = ("kubeft-trainer",)
     default_storage_endpoint: str = "http://minio.minio:9000"
     default_bucket: str = "kubeft"
+    # web identity (a job with spec.storage.roleArn, no Secret): the audience of the trainer's
+    # projected ServiceAccount token (what the STS expects: EKS's is sts.amazonaws.com, MinIO's is
+    # its OpenID client ID), and the STS endpoint ("": the storage endpoint, where MinIO serves STS)
+    web_identity_audience: str = Field(default="sts.amazonaws.com", min_length=1)
+    web_identity_sts_endpoint: str = ""
     # namespaces to watch; empty means all (cluster-wide)
     namespaces: tuple[str, ...] = ()
     # the first retry delay of a job that waits (see retry_max_seconds)

@@ -43,7 +43,11 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("adapter export with full", {"method": "full", "export": {"formats": ["adapter"]}}, "a LoRA method"),
     ("lora settings with full", {"method": "full", "hyperparameters": {"lora": {"r": 8}}},
      "only used by the qlora and lora methods"),
-    ("no credentials secret", {"storage": {"bucket": "kubeft"}}, "credentialsSecret: Required value"),
+    ("no credentials", {"storage": {"bucket": "kubeft"}},
+     "spec.storage.credentialsSecret or spec.storage.roleArn: Required value"),
+    ("secret and role", {"storage": {"credentialsSecret": "c", "roleArn": "arn:aws:iam::1:role/r"}},
+     "storage.credentialsSecret and storage.roleArn: name one"),
+    ("role not an ARN", {"storage": {"roleArn": "team-a-role"}}, "storage.roleArn must be an IAM role ARN"),
     ("bad bucket name", {"storage": {"credentialsSecret": "c", "bucket": "Bad_X"}}, "spec.storage.bucket"),
     ("endpoint not a URL", {"storage": {"credentialsSecret": "c", "endpoint": "minio:9000"}},
      "storage.endpoint must be an http://"),
@@ -70,6 +74,16 @@ def test_bad_spec_is_rejected_with_a_readable_message(
     assert err.value.status == 422, what
     text = json.loads(err.value.body)["message"]
     assert message in text, text
+
+
+def test_a_role_instead_of_a_secret_is_accepted(jobs: Any, ftj: Any) -> None:
+    """Web identity: no Secret named, a role (AWS's or MinIO's form) instead."""
+    for name, arn in (
+        ("aws", "arn:aws:iam::123456789012:role/team-a"),
+        ("minio", "arn:minio:iam:::role/x-Y_1"),
+    ):
+        obj = jobs.create(ftj.job_manifest(name, storage={"bucket": "kubeft", "roleArn": arn}))
+        assert obj["spec"]["storage"] == {"bucket": "kubeft", "roleArn": arn}
 
 
 def test_too_long_name_is_rejected(jobs: Any, ftj: Any) -> None:

@@ -593,7 +593,7 @@ def test_cleanup_delete_removes_the_runs_objects_with_the_job_and_retain_keeps_t
 
 
 def test_the_trainer_pod_passes_pod_security_restricted_and_writes_only_to_its_volumes(
-    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any
+    jobs: Any, credentials: Any, run_operator: Any, core_v1: Any, ftj: Any, stack: Any
 ) -> None:
     """The real apiserver enforces PodSecurity `restricted` on the namespace: the trainer pod is
     admitted and runs to Succeeded. Under the pod runner its root filesystem is read-only (a mount
@@ -618,8 +618,18 @@ def test_the_trainer_pod_passes_pod_security_restricted_and_writes_only_to_its_v
     name = "writes-restricted" if readonly_root_supported() else "ok-restricted"
     with run_operator() as runner:
         jobs.create(ftj.job_manifest(name))
+        # web identity (no Secret): its projected token volume is allowed under restricted too
+        keyless = {"bucket": "kubeft", "roleArn": stack.web_identity_role_arn}
+        jobs.create(ftj.job_manifest("restricted-keyless", storage=keyless))
+        (wid,) = ftj.wait_for(
+            lambda: job_pods(core_v1, ns, "restricted-keyless"), what="the web-identity trainer pod admitted"
+        )
         ftj.wait_for(lambda: phase(jobs, name) in ("Succeeded", "Failed"), what="the job finished")
     assert runner.exception is None
+    # both projected: the API token (status patch) and the storage token (STS)
+    from kubeft import webidentity
+
+    assert {v.name for v in wid.spec.volumes if v.projected is not None} >= {webidentity.TOKEN_VOLUME}
     (pod,) = job_pods(core_v1, ns, name)
     message = pod.status.container_statuses[0].state.terminated.message
     assert phase(jobs, name) == "Succeeded", message

@@ -204,6 +204,50 @@ def test_minio_object_reads_back_byte_for_byte(minio_client: Any, bucket: str) -
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
 
 
+def test_minio_sts_trusts_the_api_servers_service_account_tokens_of_its_audience(
+    stack: Any, core_v1: Any, namespace: str
+) -> None:
+    """Web identity on the stack: anyone may read the issuer's discovery document and JWKS, and
+    MinIO's STS turns a service-account token of its audience into keys that work, and refuses
+    another audience and an unknown role with its own reasons."""
+    from kubeft import webidentity
+    from kubeft.dev import stack as devstack
+
+    # anonymous (no client certificate, no token): as an STS reads them
+    ca = str(stack.state_dir / "pki" / "ca.crt")
+    doc = requests.get(f"{devstack.SA_ISSUER}/.well-known/openid-configuration", verify=ca, timeout=10).json()
+    assert doc["issuer"] == devstack.SA_ISSUER and doc["jwks_uri"] == f"{devstack.SA_ISSUER}/openid/v1/jwks"
+    assert requests.get(doc["jwks_uri"], verify=ca, timeout=10).json()["keys"]
+
+    def token(audience: str) -> str:
+        spec = client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=600)
+        req = client.AuthenticationV1TokenRequest(spec=spec)
+        return str(core_v1.create_namespaced_service_account_token("default", namespace, req).status.token)
+
+    role = stack.web_identity_role_arn
+    creds = webidentity.assume_role(stack.minio_endpoint, token(stack.web_identity_audience), role, "t")
+    from minio import Minio
+
+    mc = Minio(
+        stack.minio_endpoint.split("://", 1)[1],
+        access_key=creds.access_key,
+        secret_key=creds.secret_key,
+        session_token=creds.session_token,
+        secure=False,
+    )
+    bucket = f"sts-{uuid.uuid4().hex[:8]}"
+    mc.make_bucket(bucket)
+    mc.put_object(bucket, "k", io.BytesIO(b"keyless"), 7)
+    assert stack.minio_client().get_object(bucket, "k").read() == b"keyless"
+    with pytest.raises(webidentity.WebIdentityError, match="`azp` must match configured OpenID Client ID"):
+        webidentity.assume_role(stack.minio_endpoint, token("someone-else"), role, "t")
+    with pytest.raises(webidentity.WebIdentityError, match="is not defined") as err:
+        webidentity.assume_role(
+            stack.minio_endpoint, token(stack.web_identity_audience), "arn:minio:iam:::role/x", "t"
+        )
+    assert err.value.permanent
+
+
 def test_registry_takes_a_push_with_its_credentials_and_refuses_others(stack: Any, tmp_path: Path) -> None:
     """CNCF distribution with basic auth: ORAS pushes and pulls back byte for byte; a wrong password
     is refused, and so is a request without credentials."""

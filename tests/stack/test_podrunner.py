@@ -256,3 +256,70 @@ def test_a_pod_gets_an_api_token_only_when_it_has_one_and_the_projected_one_wher
         "no-token": "no kubeconfig",
         "projected": f"kubeconfig, token of 3 parts, namespace {namespace}",  # a JWT
     }
+
+
+JWT_SCRIPT = r"""
+import base64, json, os, pathlib
+raw = pathlib.Path(os.environ["TOKEN_FILE"]).read_text()
+claims = json.loads(base64.urlsafe_b64decode(raw.split(".")[1] + "==="))
+keep = {k: claims[k] for k in ("aud", "sub", "iss")}
+keep["ttl"] = claims["exp"] - claims["iat"]
+keep["pod"] = claims["kubernetes.io"]["pod"]["name"]
+pathlib.Path(os.environ["KUBEFT_TERMINATION_LOG"]).write_text(json.dumps(keep))
+"""
+
+
+def test_runner_projects_a_service_account_token_with_its_audience_like_a_kubelet(
+    core_v1: Any, namespace: str
+) -> None:
+    """A projected serviceAccountToken volume: a TokenRequest for the pod's ServiceAccount, bound
+    to the pod, with the source's audience and expirationSeconds, at the source's path."""
+    import json
+
+    from kubeft.dev import stack
+
+    core_v1.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="web-identity"))
+    )
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    projection = client.V1ServiceAccountTokenProjection(
+        audience="sts.example", expiration_seconds=900, path="t"
+    )
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(
+            name=name, labels={contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER}
+        ),
+        spec=client.V1PodSpec(
+            restart_policy="Never",
+            service_account_name="web-identity",
+            containers=[
+                client.V1Container(
+                    name=contract.TRAINER_CONTAINER,
+                    image="kubeft/trainer:test",
+                    command=["python3", "-c", JWT_SCRIPT],
+                    env=[client.V1EnvVar(name="TOKEN_FILE", value="/var/run/secrets/tokens/t")],
+                    volume_mounts=[client.V1VolumeMount(name="tok", mount_path="/var/run/secrets/tokens")],
+                )
+            ],
+            volumes=[
+                client.V1Volume(
+                    name="tok",
+                    projected=client.V1ProjectedVolumeSource(
+                        sources=[client.V1VolumeProjection(service_account_token=projection)]
+                    ),
+                )
+            ],
+        ),
+    )
+    core_v1.create_namespaced_pod(namespace, pod)
+    done = _wait_phase(core_v1, namespace, name, {"Failed", "Succeeded"})
+    term = done.status.container_statuses[0].state.terminated
+    assert done.status.phase == "Succeeded", term
+    claims = json.loads(term.message)
+    assert claims == {
+        "aud": ["sts.example"],
+        "sub": f"system:serviceaccount:{namespace}:web-identity",
+        "iss": stack.SA_ISSUER,  # the API server itself: what an STS finds the JWKS of
+        "ttl": 900,
+        "pod": name,
+    }

@@ -31,6 +31,12 @@ class StorageError(TrainerError):
     reason = "StorageUnavailable"
 
 
+class WebIdentityRefusedError(InvalidInputError):
+    """STS refused the pod's ServiceAccount token for its role (audience, role, trust): do not retry."""
+
+    reason = "WebIdentityRefused"
+
+
 class Terminated(TrainerError):
     """SIGTERM arrived; the trainer saved what it could and stops."""
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from kubeft import contract
-from kubeft_trainer.errors import InvalidInputError, StorageError
+from kubeft import contract, webidentity
+from kubeft_trainer.errors import InvalidInputError, StorageError, WebIdentityRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def retry(
         try:
             return fn()
         except Exception as exc:
+            if isinstance(exc, webidentity.WebIdentityError) and exc.permanent:
+                raise WebIdentityRefusedError(f"{what}: {exc}") from exc
             if is_permanent(exc):
                 raise
             elapsed = time.monotonic() - start
@@ -251,7 +253,12 @@ class S3Store:
 
 
 def minio_client(endpoint: str, env: dict[str, str] | None = None) -> Any:
-    """A Minio client for an http(s) endpoint, keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    """A Minio client for an http(s) endpoint, with the pod's credentials chain:
+
+    static keys (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, from the job's Secret) when set, else
+    web identity (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE: the projected ServiceAccount token
+    exchanged through STS AssumeRoleWithWebIdentity at AWS_ENDPOINT_URL_STS or the storage endpoint,
+    renewed before the keys expire), else anonymous.
 
     Short connect timeouts and few urllib3 retries: our own `retry` does the patient waiting,
     with logs and metrics, instead of a library blocking for minutes.
@@ -272,6 +279,18 @@ def minio_client(endpoint: str, env: dict[str, str] | None = None) -> Any:
     )
     access = env.get(contract.ENV_S3_ACCESS_KEY)
     secret = env.get(contract.ENV_S3_SECRET_KEY)
+    session = "kubeft-trainer-{}-{}".format(
+        env.get(contract.ENV_JOB_NAMESPACE, "local"), env.get(contract.ENV_JOB_NAME, "run")
+    )
+    provider = None if access and secret else webidentity.provider_from_env(endpoint, env, session)
+    if provider is not None:
+        log.info(
+            "storage credentials: web identity, role %s through STS at %s (token %s)",
+            provider.role_arn,
+            provider.endpoint,
+            env.get(webidentity.ENV_TOKEN_FILE),
+        )
+        return Minio(rest.rstrip("/"), credentials=provider, secure=scheme == "https", http_client=http)
     if not access or not secret:
         log.warning(
             "%s / %s not set: talking to %s anonymously",

@@ -56,6 +56,11 @@ app.kubernetes.io/managed-by: kubeft
 - apiGroups: [""]
   resources: [pods, configmaps, serviceaccounts, services]
   verbs: [get, list, watch, create, update, patch, delete]
+# web identity (spec.storage.roleArn): a token of the job's trainer ServiceAccount, exchanged
+# through STS, so the operator's own storage checks read only what the job itself may
+- apiGroups: [""]
+  resources: [serviceaccounts/token]
+  verbs: [create]
 # Kueue: the namespace's default LocalQueue, and the trainer Job's Workload (read; spec.active
 # is how a queued job is suspended and resumed)
 - apiGroups: [kueue.x-k8s.io]
