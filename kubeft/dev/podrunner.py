@@ -502,6 +502,10 @@ class PodRunner:
                 for m in mounts
             ):
                 env[key] = str(root) + value
+        # a volume at /tmp is the container's /tmp: tempfile and friends must find it there (the
+        # process sees this machine's /tmp, read-only under a read-only root filesystem)
+        if "/tmp" in mounts and not any(ev.name == "TMPDIR" for ev in container.env or []):
+            env["TMPDIR"] = str(root) + "/tmp"
         # the pod's own identity: a bound ServiceAccount token in a kubeconfig, if the pod has one
         token = self._api_token(pod, container)
         if token is not None:

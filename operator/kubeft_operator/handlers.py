@@ -84,11 +84,15 @@ def cleanup(memo: Any, **_: Any) -> None:
         controller.stop()
 
 
-def _enqueue(memo: Any, key: Key | None, kwargs: dict[str, Any]) -> None:
+def _enqueue(memo: Any, key: Key | None, kwargs: dict[str, Any], child: bool = True) -> None:
+    """Queues the job ``key``; a change of a child (its Job, pod, Workload) of a finished job is
+    dropped: nothing can follow from it (its TTL has its own schedule)."""
     controller: Controller | None = getattr(memo, "controller", None)
     if controller is None or key is None:
         return
     controller.cache.attach(kwargs)
+    if child and controller.cache.finished(key):
+        return
     controller.queue.add(key)
 
 
@@ -143,7 +147,7 @@ async def job_changed(
     """Any change of a FineTuneJob (deletion included); keeps ``kubeft_operator_job_phase`` true
     for every job from the watch alone, finished ones included."""
     metrics.set_phase(namespace or "", name, None if type == "DELETED" else str(status.get("phase") or ""))
-    _enqueue(memo, (namespace or "", name), kwargs)
+    _enqueue(memo, (namespace or "", name), kwargs, child=False)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={contract.LABEL_MANAGED_BY: contract.MANAGED_BY})

@@ -93,6 +93,11 @@ class Cache:
             self._written.pop(key, None)
         return dict(watched)
 
+    def finished(self, key: Key) -> bool:
+        """Whether the job is known and Succeeded or Failed."""
+        body = self.job_body(key)
+        return body is not None and (body.get("status") or {}).get("phase") in contract.TERMINAL_PHASES
+
     def remember(self, body: Mapping[str, Any]) -> None:
         """Keeps the FineTuneJob an API write returned, until the watch catches up with it."""
         meta = body.get("metadata") or {}

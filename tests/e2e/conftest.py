@@ -54,10 +54,19 @@ def e2e_namespace(stack: Any, api_client: Any, kubeft_crds: list[str]) -> Iterat
         capture_output=True,
     )
     yield ns
-    # jobs first, while their operator still runs to release them (kopf's finalizer)
+    delete_jobs(api_client, ns)
+    subprocess.run(
+        [*helm, "uninstall", release, "--namespace", ns, "--wait"], check=False, capture_output=True
+    )
+    client.CoreV1Api(api_client).delete_namespace(ns)
+
+
+def delete_jobs(api_client: Any, ns: str, timeout: float = 60) -> None:
+    """Deletes every FineTuneJob of ``ns`` and waits until they are gone, while their operator
+    still runs (a job with spec.cleanup: Delete carries its finalizer until its objects are gone)."""
     custom = client.CustomObjectsApi(api_client)
     custom.delete_collection_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while (
         time.monotonic() < deadline
         and custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL)[
@@ -65,10 +74,6 @@ def e2e_namespace(stack: Any, api_client: Any, kubeft_crds: list[str]) -> Iterat
         ]
     ):
         time.sleep(0.5)
-    subprocess.run(
-        [*helm, "uninstall", release, "--namespace", ns, "--wait"], check=False, capture_output=True
-    )
-    client.CoreV1Api(api_client).delete_namespace(ns)
 
 
 def apply(stack: Any, namespace: str, manifest: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from kubeft import contract, demo, webidentity
 from kubeft.dev import queues
 from kubeft.dev.kube import wait_for_service_account
 
-from .conftest import apply, wait_status
+from .conftest import apply, delete_jobs, wait_status
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -54,16 +54,7 @@ def keyless_namespace(stack: Any, api_client: Any, kubeft_crds: list[str]) -> It
         check=True, capture_output=True,
     )  # fmt: skip
     yield ns
-    custom = client.CustomObjectsApi(api_client)
-    custom.delete_collection_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL)
-    deadline = time.monotonic() + 60
-    while (
-        time.monotonic() < deadline
-        and custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL)[
-            "items"
-        ]
-    ):
-        time.sleep(0.5)
+    delete_jobs(api_client, ns)
     subprocess.run(
         [*helm, "uninstall", release, "--namespace", operator_ns, "--wait"], check=False, capture_output=True
     )
