@@ -279,11 +279,12 @@ def decide(
         _follow_pod(b, pod)
         return b.result(**resumed)
     b.status["pod"] = None
-    b.status["node"] = None
+    last = _newest(pods, live=False)
+    if last is None or last.phase != "Succeeded":  # a pod that succeeded: the Job completes next
+        b.status["node"] = None
     if trainer.create_error and "exceeded quota" in trainer.create_error:
         _quota(b, trainer.create_error)
         return b.result(**resumed)
-    last = _newest(pods, live=False)
     if last is not None and last.phase == "Failed":
         reason, message = _failure_text(last)
         if last.not_counted:

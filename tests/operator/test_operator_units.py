@@ -458,6 +458,18 @@ def test_the_job_is_created_once_and_then_only_followed() -> None:
     )
 
 
+def test_a_pod_that_succeeded_keeps_its_node_until_the_job_completes_and_after() -> None:
+    # watch events arrive in any order: the pod's Succeeded may come before the Job's Complete
+    running = job(status={**RUNNING, "node": "n"})
+    d = decide(running, seen(pod(phase="Succeeded")), None, SETTINGS, NOW)
+    assert d.status["pod"] is None and "node" not in d.status
+    d = decide(running, seen(pod(phase="Succeeded"), complete=True), None, SETTINGS, NOW)
+    assert d.status["phase"] == "Succeeded" and "node" not in d.status
+    # a failed pod's node is not where the job runs any more
+    d = decide(running, seen(failed_pod(1), failed=1), None, SETTINGS, NOW)
+    assert d.status["node"] is None
+
+
 def test_the_trainer_job_carries_the_spec_limits_and_its_pod_failure_policy() -> None:
     j, plan = _plan_and_job(backoffLimit=5, activeDeadlineSeconds=600)
     body = resources.get_trainer_job(j, plan)
