@@ -53,7 +53,7 @@ class Controller:
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.settings.reconcile_interval_seconds, self.settings.retry_max_seconds)
-        self.kube.on_written = self.cache.remember
+        self.kube.cache = self.cache  # the reconcile reads a job's world from the watches
 
     @property
     def leading(self) -> bool:

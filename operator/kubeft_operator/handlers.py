@@ -52,7 +52,6 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
     memo.settings = Settings.from_env()
     kube = Kube.from_environment(memo.settings)
     controller = Controller(kube=kube, settings=memo.settings)
-    kube.cache = controller.cache
     controller.profile_of = lambda namespace, requested: namespace_profile(
         namespace, controller.cache.index("namespace_profiles"), controller.cache.index("profile_specs"),
         requested,

@@ -76,13 +76,17 @@ class Cache:
     def index(self, name: str) -> Any:
         return self._indexes.get(name, {})
 
+    def _one(self, name: str, key: Any) -> Any:
+        """The value index ``name`` keeps under ``key`` (one object yields it); None if none does."""
+        return _first(self.index(name).get(key))
+
     def job_keys(self) -> list[Key]:
         return list(self.index(JOBS))
 
     # --- FineTuneJobs --------------------------------------------------------------
     def job_body(self, key: Key) -> dict[str, Any] | None:
         """The newest body known of the job: the watch's, or the one our last write returned."""
-        watched = _first(self.index(JOBS).get(key)) if key in self.index(JOBS) else None
+        watched = self._one(JOBS, key)
         with self._lock:
             written = self._written.get(key)
             if watched is None:
@@ -111,19 +115,17 @@ class Cache:
         from .kube import owned_by  # kube imports this module
 
         key = (job.namespace, job.name)
-        found = _first(self.index(TRAINER_JOBS).get(key)) if key in self.index(TRAINER_JOBS) else None
+        found = self._one(TRAINER_JOBS, key)
         if found is None:
             return Observed()
         trainer = owned_by(found, job)
         pods: dict[str, PodState] = {}
-        if key in self.index(TRAINER_PODS):
-            for job_uid, pod in list(self.index(TRAINER_PODS)[key]):
-                if job_uid == trainer.uid:
-                    pods[pod.name] = pod
+        for job_uid, pod in list(self.index(TRAINER_PODS).get(key) or ()):
+            if job_uid == trainer.uid:
+                pods[pod.name] = pod
         workload = None
         if trainer.queue:
-            wkey = (job.namespace, trainer.uid)
-            workload = _first(self.index(WORKLOADS).get(wkey)) if wkey in self.index(WORKLOADS) else None
+            workload = self._one(WORKLOADS, (job.namespace, trainer.uid))
         return Observed(trainer=trainer, pods=pods, workload=workload)
 
     def has_local_queue(self, namespace: str, name: str) -> bool:

@@ -114,7 +114,6 @@ class Kube:
 
     api: client.ApiClient
     cache: Cache | None = None
-    on_written: Callable[[dict[str, Any]], None] | None = None  # gets each FineTuneJob we patched
 
     @classmethod
     def from_environment(cls, settings: Settings | None = None) -> Kube:
@@ -148,18 +147,6 @@ class Kube:
         return client.CustomObjectsApi(self.api)
 
     # --- reading -------------------------------------------------------------------
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The FineTuneJob as stored now (not the possibly older copy of a watch event)."""
-        try:
-            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
-            )
-            return obj
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     def observe(self, job: FineTuneJob) -> Observed:
         """The trainer Job, its pods and its Kueue Workload: from the watches' caches when the
         operator runs them, else read now (each only when there is one)."""
@@ -252,21 +239,10 @@ class Kube:
                     raise
                 raise LookupError(str(exc)) from exc
         else:
-            name = job.spec.storage.credentials_secret or ""
-            try:
-                secret = _get_or_none(self.core.read_namespaced_secret, name, job.namespace) if name else None
-            except ApiException as exc:
-                if exc.status != 403:
-                    raise
-                raise LookupError(
-                    cond.secret_forbidden("storage.credentialsSecret", name, job.namespace)
-                ) from exc
-            if secret is None:
-                raise LookupError(
-                    f"storage.credentialsSecret {name!r} is gone from namespace {job.namespace}"
-                )
-            data = secret.data or {}
-            creds = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
+            found = self._storage_credentials(job, settings)  # the Secret: gone, unreadable, keyless
+            if isinstance(found, Inputs):
+                raise LookupError(found.invalid_message)
+            creds = found
         bucket = job.spec.storage.bucket or settings.default_bucket
         prefix = contract.job_prefix(job.namespace, job.name, job.uid) + "/"
         count = modelconfig.delete_prefix(
@@ -484,8 +460,8 @@ class Kube:
             if exc.status in (404, 409, 422):
                 return False
             raise
-        if self.on_written is not None and isinstance(written, dict):
-            self.on_written(written)
+        if self.cache is not None and isinstance(written, dict):
+            self.cache.remember(written)  # newer than the watch's copy until its event arrives
         return True
 
     def event(self, job: FineTuneJob, type_: str, reason: str, message: str) -> None:
@@ -561,7 +537,6 @@ def trainer_job_state(body: client.V1Job, job: FineTuneJob | None = None) -> Tra
         owner_uid=owner,
         started=status.start_time is not None,
         active=status.active or 0,
-        created=iso(body.metadata.creation_timestamp) if body.metadata.creation_timestamp else "",
     )
     return owned_by(trainer, job) if job is not None else trainer
 

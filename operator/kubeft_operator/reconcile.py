@@ -91,7 +91,6 @@ class TrainerJob:
     owner_uid: str = ""  # the uid of the FineTuneJob that controls it
     started: bool = False  # the Job controller has started it (status.startTime)
     active: int = 0  # pods it counts as active
-    created: str = ""  # creationTimestamp (RFC 3339)
 
 
 @dataclass(frozen=True)
