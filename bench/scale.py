@@ -28,10 +28,10 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import io
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +54,7 @@ from kubeft import contract  # noqa: E402
 from kubeft.dev import nodes as dev_nodes  # noqa: E402
 from kubeft.dev import stack as devstack  # noqa: E402
 from kubeft.dev.kube import apply_admission_policies, apply_crds, wait_for_service_account  # noqa: E402
+from kubeft.dev.podrunner import free_port  # noqa: E402
 
 CLASSES = (  # (product, GiB per GPU, GPUs per node)
     ("NVIDIA-L4", 23034, 1),
@@ -97,12 +98,6 @@ def job_manifest(i: int) -> dict[str, Any]:
             "storage": {"credentialsSecret": SECRET},
         },
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -176,7 +171,7 @@ class Operator:
     def __init__(
         self, kubeconfig: Path, minio: str, run_seconds: int, log: Path, settings: dict[str, str]
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -274,8 +269,6 @@ def run(
     bucket, _, key = DATASET.removeprefix("s3://").partition("/")
     if not minio.bucket_exists(bucket):
         minio.make_bucket(bucket)
-    import io
-
     line = json.dumps({"instruction": "Say hi.", "input": "", "output": "hi"}).encode() + b"\n"
     minio.put_object(bucket, key, io.BytesIO(line * 64), len(line) * 64)
 

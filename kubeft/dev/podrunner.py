@@ -117,7 +117,8 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -515,7 +516,7 @@ class PodRunner:
         targets = []
         ports: dict[int, int] = {}
         for port in container.ports or []:
-            local = ports[port.container_port] = _free_port()
+            local = ports[port.container_port] = free_port()
             if port.name:
                 env[f"KUBEFT_{port.name.upper().replace('-', '_')}_PORT"] = str(local)
             if port.name == contract.METRICS_PORT_NAME or port.container_port == contract.METRICS_PORT:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from kubeft_trainer.status import KubeStatusReporter, StatusReporter
 from kubeft_trainer.train import Recipe
 
 from kubeft import contract
+from kubeft.dev.podrunner import free_port
 
 from .runs import losses, spawn, wait_for, write_job
 from .trainer_helpers import job_spec
@@ -33,12 +33,6 @@ pytestmark = pytest.mark.slow
 NS, JOB = "test", "tiny"
 LOSS_TOLERANCE = 1e-3  # absolute, per step
 GANG_TIMEOUT = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spec_for(model: Path, data: Path, store: Path, batch: int, **hp: Any) -> dict[str, Any]:
