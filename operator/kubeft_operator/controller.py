@@ -88,7 +88,9 @@ class Controller:
                     continue  # the leader acts; this replica only keeps its caches warm
                 self.cache.ready.wait()
                 after = self.process(key)
-                if after is not None:
+                if after is None:  # waits for nothing: an earlier schedule (a backoff) is void
+                    self.queue.forget(key)
+                else:
                     self.queue.add_after(key, after)
             except Exception as exc:
                 metrics.ERRORS.labels(kind=type(exc).__name__).inc()

@@ -129,7 +129,7 @@ class WorkQueue(Generic[K]):
                 self._add_locked(key)
 
     def forget(self, key: K) -> None:
-        """Drops any delayed schedule of ``key`` (the job is gone)."""
+        """Drops any delayed schedule of ``key`` (the job is gone, or waits for nothing now)."""
         with self._cond:
             if self._due.pop(key, None) is not None:
                 DELAYED.set(len(self._due))

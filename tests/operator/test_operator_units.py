@@ -896,3 +896,27 @@ def test_the_operators_requests_are_limited_to_its_qps_with_bursts() -> None:
     assert len(slept) == 10
     bucket.acquire()
     assert len(slept) == 11 and bucket.waited > 1.0
+
+
+def test_the_work_queue_dedupes_holds_a_key_being_processed_and_forgets_a_void_schedule() -> None:
+    from kubeft_operator.workqueue import WorkQueue
+
+    now = [0.0]
+    q: WorkQueue[str] = WorkQueue(clock=lambda: now[0])
+    q.add("a")
+    q.add("a")  # already queued: once
+    assert q.get(timeout=0) == "a" and q.get(timeout=0) is None
+    q.add("a")  # changed while being processed: queued again only when done
+    assert q.get(timeout=0) is None
+    q.done("a")
+    assert q.get(timeout=0) == "a"
+    q.done("a")
+    q.add_after("b", 5)
+    assert q.get(timeout=0) is None
+    now[0] = 5.0
+    assert q.get(timeout=0) == "b"
+    q.done("b")
+    q.add_after("b", 5)  # a backoff scheduled while the job waited...
+    q.forget("b")  # ...void once it waits for nothing: a finished job is not looked at again
+    now[0] = 20.0
+    assert q.get(timeout=0) is None
